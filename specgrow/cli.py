@@ -1,0 +1,109 @@
+"""The ``specgrow`` command line (DESIGN §3).
+
+Exit codes: 0 success, 1 invalid spec / failed check / bad checkpoint, 2 usage or IO.
+Every error is one line ``FILE:LINE:COL: error: MESSAGE`` on stderr. ``validate`` and
+``plan`` never import torch; ``apply`` imports it only once the spec is valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from specgrow import __version__
+from specgrow.errors import InputError, SpecgrowError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (usage)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="specgrow", description="Grow trained Transformers by machine-checked specs.")
+    parser.add_argument("--version", action="version", version=f"specgrow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="check specs against the schema and the semantic rules")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+
+    p = sub.add_parser("plan", help="print the per-tensor edits of a spec")
+    p.add_argument("spec", metavar="SPEC")
+
+    p = sub.add_parser("apply", help="grow a checkpoint (default: the reference model) by a spec")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory (must not exist)")
+    p.add_argument("--input", metavar="PATH",
+                   help="checkpoint to grow: .safetensors, .pt/.bin state dict, or a specgrow output "
+                        "directory (default: the reference model initialised from the spec's seed)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the written tensors (default: the input's)")
+    p.add_argument("--allow-unproved", action="store_true",
+                   help="write the grown model even if it fails the numeric check")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
+    return parser
+
+
+def _validate(args) -> int:
+    from specgrow.spec import load_spec
+
+    status = 0
+    for path in args.specs:
+        try:
+            spec = load_spec(path)
+        except SpecgrowError as err:
+            print(err.render(), file=sys.stderr)
+            status = max(status, err.exit_code)
+            continue
+        print(f"{path}: valid ({len(spec.steps)} step(s))")
+    return status
+
+
+def _plan(args) -> int:
+    from specgrow.planview import render
+    from specgrow.spec import load_spec
+    from specgrow.transforms import compile_spec
+
+    spec = load_spec(args.spec)
+    print(render(compile_spec(spec), spec.steps))
+    return 0
+
+
+def _apply(args) -> int:
+    from specgrow.spec import load_spec
+    from specgrow.transforms import compile_spec
+
+    spec = load_spec(args.spec)
+    plan = compile_spec(spec)
+    from specgrow.lower.apply import ApplyOptions, apply_plan
+
+    options = ApplyOptions(
+        output=args.output, input=args.input, device=args.device, dtype=args.dtype,
+        allow_unproved=args.allow_unproved, overwrite=args.overwrite,
+    )
+    apply_plan(spec, plan, options, log=(lambda *_: None) if args.quiet else print)
+    return 0
+
+
+COMMANDS = {"validate": _validate, "plan": _plan, "apply": _apply}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SpecgrowError as err:
+        print(err.render(), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("specgrow: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(InputError(str(err), path=getattr(err, "filename", None) or "specgrow").render(), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The reference Transformer: the semantics specgrow proves and the model it grows by default.
+
+Pre-norm decoder: ``x = embed(t) [+ pos(t)]``; each layer ``x += attn(norm(x))``,
+``x += mlp(norm(x))``; optional final norm; logits ``x @ unembed.T`` (or the embedding,
+tied). RMSNorm ``x * g / sqrt(mean(x^2) + eps)`` or LayerNorm; relu/gelu/silu MLP
+``down(act(up(x)))`` or SwiGLU ``down(silu(gate(x)) * up(x))``; causal attention with
+GQA (query head ``j`` reads kv head ``j // (heads/kv_heads)``), scale ``1/sqrt(key)``,
+optional RoPE in the ``rotate_half`` convention (dim ``i`` pairs with ``i + key/2``,
+``inv_freq_i = theta^(-2i/key)``). Widths may differ per layer.
+
+>>> import torch
+>>> from specgrow.shape import ModelShape, LayerShape
+>>> shape = ModelShape(hidden=8, vocab=11, positions=4, layers=(LayerShape(16, 2, 1, 4, 4),))
+>>> model = ReferenceModel(shape)
+>>> _ = model.load_state_dict(random_state(shape, seed=0))
+>>> model(torch.zeros(1, 3, dtype=torch.long)).shape
+torch.Size([1, 3, 11])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specgrow.shape import LayerShape, ModelShape, tensor_name
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+class Norm(nn.Module):
+    def __init__(self, width: int, kind: str, eps: float):
+        super().__init__()
+        self.kind, self.eps = kind, eps
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width)) if kind == "layernorm" else None
+
+    def forward(self, x):
+        if self.kind == "layernorm":
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope(x, theta: float):
+    """Rotate ``x`` (B, heads, T, key) by position, ``rotate_half`` pairing."""
+    seq, width = x.shape[-2], x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, width, 2, dtype=torch.float64, device=x.device) / width)
+    angles = torch.arange(seq, dtype=torch.float64, device=x.device)[:, None] * inv_freq  # (T, key/2)
+    angles = torch.cat([angles, angles], dim=-1)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    half = width // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, s: LayerShape, bias: bool, position: str, theta: float):
+        super().__init__()
+        self.s, self.position, self.theta = s, position, theta
+        self.q = nn.Linear(hidden, s.heads * s.key, bias=bias)
+        self.k = nn.Linear(hidden, s.kv_heads * s.key, bias=bias)
+        self.v = nn.Linear(hidden, s.kv_heads * s.value, bias=bias)
+        self.o = nn.Linear(s.heads * s.value, hidden, bias=bias)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        s = self.s
+        q = self.q(x).view(B, T, s.heads, s.key).transpose(1, 2)  # (B, H, T, k)
+        k = self.k(x).view(B, T, s.kv_heads, s.key).transpose(1, 2)  # (B, G, T, k)
+        v = self.v(x).view(B, T, s.kv_heads, s.value).transpose(1, 2)  # (B, G, T, v)
+        if self.position == "rope":
+            q, k = rope(q, self.theta), rope(k, self.theta)
+        group = s.heads // s.kv_heads
+        k = k.repeat_interleave(group, dim=1)  # (B, H, T, k)
+        v = v.repeat_interleave(group, dim=1)  # (B, H, T, v)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(s.key)  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        out = scores.softmax(-1) @ v  # (B, H, T, v)
+        return self.o(out.transpose(1, 2).reshape(B, T, s.heads * s.value))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, width: int, activation: str, bias: bool):
+        super().__init__()
+        self.activation = activation
+        self.up = nn.Linear(hidden, width, bias=bias)
+        self.gate = nn.Linear(hidden, width, bias=bias) if activation == "swiglu" else None
+        self.down = nn.Linear(width, hidden, bias=bias)
+
+    def forward(self, x):
+        if self.activation == "swiglu":
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(ACTIVATIONS[self.activation](self.up(x)))
+
+
+class Layer(nn.Module):
+    def __init__(self, shape: ModelShape, s: LayerShape):
+        super().__init__()
+        h = shape.hidden
+        self.attn_norm = Norm(h, shape.norm, shape.norm_eps)
+        self.attn = Attention(h, s, shape.bias, shape.position, shape.rope_theta)
+        self.mlp_norm = Norm(h, shape.norm, shape.norm_eps)
+        self.mlp = MLP(h, s.mlp, shape.activation, shape.bias)
+
+    def forward(self, x):
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class ReferenceModel(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.shape = shape
+        self.embed = nn.Embedding(shape.vocab, shape.hidden)
+        self.pos = nn.Embedding(shape.positions, shape.hidden) if shape.position == "learned" else None
+        self.layers = nn.ModuleList(Layer(shape, s) for s in shape.layers)
+        self.final_norm = Norm(shape.hidden, shape.norm, shape.norm_eps) if shape.final_norm else None
+        self.unembed = None if shape.tie_embeddings else nn.Linear(shape.hidden, shape.vocab, bias=False)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)  # (B, T, h)
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
+        for layer in self.layers:
+            x = layer(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        weight = self.embed.weight if self.unembed is None else self.unembed.weight
+        return x @ weight.T  # (B, T, vocab)
+
+
+def random_state(shape: ModelShape, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """A seeded random state dict, deterministic on every device (drawn on the CPU).
+
+    Matrices ~ N(0, 1/fan_in), embeddings ~ N(0, 1), norm gains ~ 1 + N(0, 0.1^2) and
+    biases ~ N(0, 0.1^2): nonzero gains and biases make preservation tests meaningful.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for (role, layer), dims in shape.tensor_shapes().items():
+        noise = torch.randn(dims, generator=gen, dtype=torch.float32)
+        if role.endswith("norm.weight"):
+            value = 1 + 0.1 * noise
+        elif role.endswith(".bias"):
+            value = 0.1 * noise
+        elif role in ("embed.weight", "pos.weight"):
+            value = noise
+        else:
+            value = noise / math.sqrt(dims[1])
+        state[tensor_name(role, layer)] = value.to(dtype)
+    return state
+
+
+def build(shape: ModelShape, state: dict[str, torch.Tensor], device="cpu") -> ReferenceModel:
+    """A reference model of ``shape`` holding ``state`` (strict: names and shapes must match)."""
+    with torch.device("meta"):
+        model = ReferenceModel(shape)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device).eval()

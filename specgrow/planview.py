@@ -1,0 +1,55 @@
+"""Render a `Plan` as the per-tensor table of ``specgrow plan`` (no torch)."""
+
+from __future__ import annotations
+
+from specgrow.ir import Plan
+from specgrow.shape import tensor_name
+
+
+def describe_step(step) -> str:
+    fields = []
+    for name in ("to", "add", "at", "method", "rescale", "placement"):
+        if hasattr(step, name):
+            fields.append(f"{name}={getattr(step, name)}")
+    if hasattr(step, "layers"):
+        fields.append("layers=" + ",".join(map(str, step.layers)))
+    return f"{step.kind}(" + ", ".join(fields) + ")"
+
+
+def _shape(dims) -> str:
+    return str(tuple(int(d) for d in dims))
+
+
+def _block(block) -> str:
+    where = ", ".join(s.describe() for s in block.where)
+    return f"[{where}]={block.source.describe()}"
+
+
+def render(plan: Plan, steps) -> str:
+    """One section per step: a row per edited tensor, moved tensors summarised."""
+    concrete = plan.concrete()
+    lines = []
+    for step_plan, step in zip(concrete.steps, steps):
+        before, after = step_plan.before.parameter_count(), step_plan.after.parameter_count()
+        lines.append(f"step {step_plan.index}: {describe_step(step)}  params {before:,} -> {after:,}")
+        if step_plan.eps_scale != 1:
+            lines.append(f"  norm_eps: {step_plan.before.norm_eps:g} -> {step_plan.after.norm_eps:g}")
+        rows, moved = [], []
+        for edit in step_plan.edits:
+            name = tensor_name(edit.role, edit.layer)
+            if edit.is_identity():
+                moved.append(f"{tensor_name(*edit.source)} -> {name}")
+                continue
+            old = "new" if edit.old_shape is None else _shape(edit.old_shape)
+            blocks = "  ".join(_block(b) for b in edit.blocks)
+            rows.append((name, f"{old} -> {_shape(edit.new_shape)}", blocks))
+        width = max((len(r[0]) for r in rows), default=0)
+        shapes = max((len(r[1]) for r in rows), default=0)
+        for name, shape, blocks in rows:
+            lines.append(f"  {name:<{width}}  {shape:<{shapes}}  {blocks}")
+        if moved:
+            lines.append(f"  moved unchanged: {len(moved)} tensors ({moved[0]}, ...)")
+    return "\n".join(lines)
+
+
+__all__ = ["render", "describe_step"]

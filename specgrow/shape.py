@@ -1,0 +1,176 @@
+"""The concrete shape of a model as it moves through the steps (plain data, no torch).
+
+A `ModelShape` allows per-layer widths, because growing a subset of layers leaves
+layers of different shapes. Tensor roles are named in the torch layout ``[out, in]``
+and carry the *space* of each axis (mergekit's vocabulary): what grows together.
+
+>>> from specgrow.shape import ModelShape, LayerShape
+>>> s = ModelShape(hidden=8, vocab=16, positions=4, layers=(LayerShape(32, 2, 2, 4, 4),))
+>>> s.tensor_shapes()[("attn.q.weight", 0)]
+(8, 8)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+# role -> the space of each axis. Spaces: residual (h), vocab, positions, mlp (p),
+# q (heads x key), k (kv heads x key), v (kv heads x value), o (heads x value).
+GLOBAL_ROLES: dict[str, tuple[str, ...]] = {
+    "embed.weight": ("vocab", "residual"),
+    "pos.weight": ("positions", "residual"),
+    "final_norm.weight": ("residual",),
+    "final_norm.bias": ("residual",),
+    "unembed.weight": ("vocab", "residual"),
+}
+LAYER_ROLES: dict[str, tuple[str, ...]] = {
+    "attn_norm.weight": ("residual",),
+    "attn_norm.bias": ("residual",),
+    "attn.q.weight": ("q", "residual"),
+    "attn.q.bias": ("q",),
+    "attn.k.weight": ("k", "residual"),
+    "attn.k.bias": ("k",),
+    "attn.v.weight": ("v", "residual"),
+    "attn.v.bias": ("v",),
+    "attn.o.weight": ("residual", "o"),
+    "attn.o.bias": ("residual",),
+    "mlp_norm.weight": ("residual",),
+    "mlp_norm.bias": ("residual",),
+    "mlp.up.weight": ("mlp", "residual"),
+    "mlp.up.bias": ("mlp",),
+    "mlp.gate.weight": ("mlp", "residual"),
+    "mlp.gate.bias": ("mlp",),
+    "mlp.down.weight": ("residual", "mlp"),
+    "mlp.down.bias": ("residual",),
+}
+NORM_GAINS = ("attn_norm.weight", "mlp_norm.weight", "final_norm.weight")
+NORM_BIASES = ("attn_norm.bias", "mlp_norm.bias", "final_norm.bias")
+
+TensorKey = tuple[str, "int | None"]  # (role, layer); layer None for global tensors
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    mlp: int
+    heads: int
+    kv_heads: int
+    key: int
+    value: int
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int
+    vocab: int
+    positions: int
+    layers: tuple[LayerShape, ...]
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-6
+    activation: str = "gelu"
+    position: str = "learned"
+    rope_theta: float = 10000.0
+    final_norm: bool = True
+    tie_embeddings: bool = False
+    bias: bool = False
+    arch: str = field(default="reference")
+
+    @classmethod
+    def from_spec(cls, model) -> ModelShape:
+        """The starting shape of a `specgrow.spec.ModelSpec`."""
+        d = model.dims
+        layer = LayerShape(d.mlp, d.heads, d.kv_heads, d.key, d.value)
+        return cls(
+            hidden=d.hidden, vocab=d.vocab, positions=d.positions, layers=(layer,) * d.layers,
+            norm=model.norm, norm_eps=model.norm_eps, activation=model.activation,
+            position=model.position, rope_theta=model.rope_theta, final_norm=model.final_norm,
+            tie_embeddings=model.tie_embeddings, bias=model.bias, arch=model.arch,
+        )
+
+    def with_layers(self, layers) -> ModelShape:
+        return replace(self, layers=tuple(layers))
+
+    # ------------------------------------------------------------ tensors
+    def has_role(self, role: str) -> bool:
+        """Whether this model has a tensor of this role (in any layer)."""
+        if role.endswith(".bias") and not role.endswith("norm.bias"):
+            if not self.bias:
+                return False
+        if role in NORM_BIASES and self.norm != "layernorm":
+            return False
+        if role == "pos.weight":
+            return self.position == "learned"
+        if role == "final_norm.weight" or role == "final_norm.bias":
+            return self.final_norm and self.has_role(role.replace("final_", "attn_"))
+        if role == "unembed.weight":
+            return not self.tie_embeddings
+        if role.startswith("mlp.gate."):
+            return self.activation == "swiglu"
+        return True
+
+    def axis_sizes(self, layer: int | None) -> dict[str, int]:
+        sizes = {"residual": self.hidden, "vocab": self.vocab, "positions": self.positions}
+        if layer is not None:
+            s = self.layers[layer]
+            sizes.update(
+                mlp=s.mlp, q=s.heads * s.key, k=s.kv_heads * s.key,
+                v=s.kv_heads * s.value, o=s.heads * s.value,
+            )
+        return sizes
+
+    def role_shape(self, role: str, layer: int | None) -> tuple[int, ...]:
+        spaces = GLOBAL_ROLES[role] if layer is None else LAYER_ROLES[role]
+        sizes = self.axis_sizes(layer)
+        return tuple(sizes[s] for s in spaces)
+
+    def tensor_keys(self) -> list[TensorKey]:
+        keys: list[TensorKey] = [(r, None) for r in GLOBAL_ROLES if self.has_role(r)]
+        for i in range(len(self.layers)):
+            keys += [(r, i) for r in LAYER_ROLES if self.has_role(r)]
+        return keys
+
+    def tensor_shapes(self) -> dict[TensorKey, tuple[int, ...]]:
+        return {(r, i): self.role_shape(r, i) for r, i in self.tensor_keys()}
+
+    def parameter_count(self) -> int:
+        total = 0
+        for shape in self.tensor_shapes().values():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+        return total
+
+    # ------------------------------------------------------------ config
+    def to_config(self) -> dict:
+        """A JSON-ready description, read back by `from_config`."""
+        return {
+            "specgrow_config": 1,
+            "arch": self.arch,
+            "hidden": self.hidden,
+            "vocab": self.vocab,
+            "positions": self.positions,
+            "norm": self.norm,
+            "norm_eps": self.norm_eps,
+            "activation": self.activation,
+            "position": self.position,
+            "rope_theta": self.rope_theta,
+            "final_norm": self.final_norm,
+            "tie_embeddings": self.tie_embeddings,
+            "bias": self.bias,
+            "layers": [
+                {"mlp": s.mlp, "heads": s.heads, "kv_heads": s.kv_heads, "key": s.key, "value": s.value}
+                for s in self.layers
+            ],
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ModelShape:
+        cfg = dict(cfg)
+        cfg.pop("specgrow_config", None)
+        layers = tuple(LayerShape(**layer) for layer in cfg.pop("layers"))
+        return cls(layers=layers, **cfg)
+
+
+def tensor_name(role: str, layer: int | None) -> str:
+    """The reference model's state-dict name of a tensor."""
+    return role if layer is None else f"layers.{layer}.{role}"
