@@ -1,0 +1,325 @@
+"""Semantic checks and the canonical `Spec`.
+
+Runs after the schema. Tracks the running shape per layer through the steps (each step
+sees what the previous one left), refuses steps that cannot apply to that shape, and
+expands every default so later stages never look at raw YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from specgrow.errors import SpecError
+from specgrow.spec.schema import format_path
+from specgrow.spec.types import (
+    DEFAULT_INIT,
+    Dims,
+    HeadsStep,
+    HiddenStep,
+    Init,
+    InitMap,
+    KeyStep,
+    LayersStep,
+    LikeOld,
+    MlpStep,
+    ModelSpec,
+    Normal,
+    Ones,
+    Spec,
+    Step,
+    Uniform,
+    ValueStep,
+    Zeros,
+)
+from specgrow.spec.yaml_loader import Document, KeyPath
+
+MAX_LAYERS = 4096
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The widths of one layer at some point in the steps."""
+
+    mlp: int
+    heads: int
+    kv_heads: int
+    key: int
+    value: int
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The whole model's shape at some point in the steps."""
+
+    hidden: int
+    layers: tuple[LayerShape, ...]
+
+
+def build_spec(doc: Document, sha256: str) -> Spec:
+    """The canonical `Spec` of a schema-valid document; `SpecError` if a step cannot apply."""
+    data = doc.data
+    model = _model(doc, data["model"])
+    checker = _Checker(doc, model)
+    dims = model.dims
+    layer = LayerShape(dims.mlp, dims.heads, dims.kv_heads, dims.key, dims.value)
+    shape = Shape(dims.hidden, (layer,) * dims.layers)
+    steps: list[Step] = []
+    for index, item in enumerate(data["steps"]):
+        ((kind, raw),) = item.items()
+        step, shape = getattr(checker, kind)(("steps", index, kind), raw, shape)
+        steps.append(step)
+    return Spec(
+        path=doc.file,
+        sha256=sha256,
+        version=data["specgrow"],
+        model=model,
+        seed=data.get("seed", 0),
+        steps=tuple(steps),
+        step_marks=tuple(doc.mark(("steps", i)) for i in range(len(steps))),
+    )
+
+
+class _Checker:
+    """One method per step kind: (path, raw mapping, shape before) -> (step, shape after)."""
+
+    def __init__(self, doc: Document, model: ModelSpec):
+        self.doc = doc
+        self.model = model
+
+    def fail(self, path: KeyPath, message: str, *, at_key: bool = False) -> SpecError:
+        return _fail(self.doc, path, message, at_key=at_key)
+
+    # ------------------------------------------------------------ one method per step kind
+    def mlp(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[MlpStep, Shape]:
+        to, layers = raw["to"], self.select(path, raw, shape)
+        method, noise = self.method_and_noise(path, raw)
+        self.grows(path, to, shape, layers, "mlp")
+        if method == "duplicate":
+            for i in layers:
+                current = shape.layers[i].mlp
+                if to > 2 * current:
+                    raise self.fail(
+                        path + ("to",),
+                        "method duplicate at most doubles per step: "
+                        f"layer {i} has mlp {current}, found to: {to} (at most {2 * current})",
+                    )
+        step = MlpStep(to, layers, method, noise, self.init(path, "mlp", raw))
+        return step, self.resize(shape, layers, mlp=to)
+
+    def heads(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[HeadsStep, Shape]:
+        add, layers = raw["add"], self.select(path, raw, shape)
+        method, noise = self.method_and_noise(path, raw)
+        grown = list(shape.layers)
+        for i in layers:
+            layer = shape.layers[i]
+            group = layer.heads // layer.kv_heads
+            if add % group:
+                raise self.fail(
+                    path + ("add",),
+                    f"heads are added in whole kv groups of {group} (layer {i} has heads "
+                    f"{layer.heads}, kv_heads {layer.kv_heads}); found add: {add}",
+                )
+            if method == "duplicate" and add > layer.heads:
+                raise self.fail(
+                    path + ("add",),
+                    "method duplicate at most doubles per step: "
+                    f"layer {i} has heads {layer.heads}, found add: {add} (at most {layer.heads})",
+                )
+            grown[i] = replace(
+                layer, heads=layer.heads + add, kv_heads=layer.kv_heads + add // group
+            )
+        step = HeadsStep(add, layers, method, noise, self.init(path, "heads", raw))
+        return step, replace(shape, layers=tuple(grown))
+
+    def value(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[ValueStep, Shape]:
+        to, layers = raw["to"], self.select(path, raw, shape)
+        self.grows(path, to, shape, layers, "value")
+        step = ValueStep(to, layers, self.init(path, "value", raw))
+        return step, self.resize(shape, layers, value=to)
+
+    def key(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[KeyStep, Shape]:
+        to, layers = raw["to"], self.select(path, raw, shape)
+        self.grows(path, to, shape, layers, "key")
+        rope = self.model.position == "rope"
+        if rope and to % 2:
+            raise self.fail(
+                path + ("to",), f"position rope needs an even key width, found to: {to}"
+            )
+        uneven = [i for i in layers if to % shape.layers[i].key]
+        placement = raw.get("placement", "auto")
+        if placement == "interleave" and uneven:
+            i = uneven[0]
+            raise self.fail(
+                path + ("placement",),
+                "interleave needs to a multiple of every selected layer's key width: "
+                f"layer {i} has key {shape.layers[i].key}, found to: {to}",
+            )
+        if placement == "auto":
+            placement = "interleave" if rope and not uneven else "append"
+        rescale = raw.get("rescale", "k")
+        step = KeyStep(to, layers, rescale, placement, self.init(path, "key", raw))
+        return step, self.resize(shape, layers, key=to)
+
+    def hidden(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[HiddenStep, Shape]:
+        to = raw["to"]
+        method, noise = self.method_and_noise(path, raw)
+        if to <= shape.hidden:
+            raise self.fail(path + ("to",), f"must grow hidden {shape.hidden}, found to: {to}")
+        if method == "duplicate":
+            if to % shape.hidden:
+                raise self.fail(
+                    path + ("to",),
+                    "method duplicate needs an integer multiple of hidden "
+                    f"{shape.hidden}, found to: {to}",
+                )
+            model = self.model
+            if model.tie_embeddings and not model.final_norm:
+                raise self.fail(
+                    path + ("method",),
+                    "duplicate with tie_embeddings true needs final_norm true (the final norm "
+                    "absorbs 1/m); untie the embeddings or use method zero",
+                )
+        rescale = raw.get("rescale", "gain-and-eps")
+        step = HiddenStep(to, method, noise, rescale, self.init(path, "hidden", raw))
+        return step, replace(shape, hidden=to)
+
+    def layers(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[LayersStep, Shape]:
+        add, count = raw["add"], len(shape.layers)
+        at = raw.get("at", count)
+        if at > count:
+            raise self.fail(
+                path + ("at",),
+                f"expected at most {count} (the model has {count} layers here), found {at}",
+            )
+        if count + add > MAX_LAYERS:
+            raise self.fail(
+                path + ("add",), f"expected at most {MAX_LAYERS} layers in all, found {count + add}"
+            )
+        neighbour = shape.layers[max(at - 1, 0)]
+        grown = shape.layers[:at] + (neighbour,) * add + shape.layers[at:]
+        step = LayersStep(add, at, self.init(path, "layers", raw))
+        return step, replace(shape, layers=grown)
+
+    # ------------------------------------------------------------ shared checks
+    def select(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[int, ...]:
+        """`layers` as a sorted tuple of valid indices (every layer when not given)."""
+        count = len(shape.layers)
+        for position, index in enumerate(raw.get("layers", ())):
+            if index >= count:
+                raise self.fail(
+                    path + ("layers", position),
+                    f"expected a layer index below {count} (the model has {count} layers here), "
+                    f"found {index}",
+                )
+        return tuple(sorted(raw.get("layers", range(count))))
+
+    def method_and_noise(self, path: KeyPath, raw: dict) -> tuple[str, float]:
+        method, noise = raw.get("method", "zero"), float(raw.get("noise", 0))
+        if noise > 0 and method == "zero":
+            raise self.fail(
+                path + ("noise",),
+                f"noise needs method duplicate, found noise {noise} with method zero",
+            )
+        return method, noise
+
+    def grows(
+        self, path: KeyPath, to: int, shape: Shape, layers: tuple[int, ...], width: str
+    ) -> None:
+        for i in layers:
+            current = getattr(shape.layers[i], width)
+            if to <= current:
+                raise self.fail(
+                    path + ("to",),
+                    "must grow every selected layer: "
+                    f"layer {i} has {width} {current}, found to: {to}",
+                )
+
+    def resize(self, shape: Shape, layers: tuple[int, ...], **widths: int) -> Shape:
+        grown = tuple(
+            replace(s, **widths) if i in layers else s for i, s in enumerate(shape.layers)
+        )
+        return replace(shape, layers=grown)
+
+    def init(self, path: KeyPath, kind: str, raw: dict) -> InitMap:
+        """Every role of the step: the preserving defaults overlaid with the user's choices."""
+        model = self.model
+        given: dict = raw.get("init", {})
+        exists = {
+            "w_gate": ("activation swiglu", model.activation == "swiglu"),
+            "b_in": ("bias true", model.bias),
+            "pos": ("position learned", model.position == "learned"),
+        }
+        for role in given:
+            needs, present = exists.get(role, ("", True))
+            if not present:
+                raise self.fail(
+                    path + ("init", role), f"role {role} exists only with {needs}", at_key=True
+                )
+        merged = {
+            **DEFAULT_INIT[kind],
+            **{role: _init_value(value) for role, value in given.items()},
+        }
+        return tuple(sorted(merged.items()))
+
+
+def _model(doc: Document, raw: dict) -> ModelSpec:
+    """The model with every default expanded; `SpecError` for inconsistent dims."""
+    dims = raw["dims"]
+    at = ("model", "dims")
+    heads = dims["heads"]
+    kv_heads = dims.get("kv_heads", heads)
+    if kv_heads > heads or heads % kv_heads:
+        raise _fail(
+            doc, at + ("kv_heads",), f"expected a divisor of heads {heads}, found {kv_heads}"
+        )
+    if "key" in dims:
+        key = dims["key"]
+    elif dims["hidden"] % heads:
+        raise _fail(
+            doc,
+            at,
+            f"key is not given and hidden {dims['hidden']} is not divisible by heads {heads}; "
+            "give key explicitly",
+        )
+    else:
+        key = dims["hidden"] // heads
+    position = raw.get("position", "learned")
+    if position == "rope" and key % 2:
+        where = at + ("key",) if "key" in dims else at
+        raise _fail(doc, where, f"position rope needs an even key width, found key {key}")
+    return ModelSpec(
+        arch=raw.get("arch", "reference"),
+        dims=Dims(
+            hidden=dims["hidden"],
+            mlp=dims["mlp"],
+            heads=heads,
+            kv_heads=kv_heads,
+            key=key,
+            value=dims.get("value", key),
+            layers=dims["layers"],
+            vocab=dims["vocab"],
+            positions=dims["positions"],
+        ),
+        norm=raw.get("norm", "rmsnorm"),
+        norm_eps=float(raw.get("norm_eps", 1e-6)),
+        activation=raw.get("activation", "gelu"),
+        position=position,
+        rope_theta=float(raw.get("rope_theta", 10000.0)),
+        final_norm=raw.get("final_norm", True),
+        tie_embeddings=raw.get("tie_embeddings", False),
+        bias=raw.get("bias", False),
+    )
+
+
+def _fail(doc: Document, path: KeyPath, message: str, *, at_key: bool = False) -> SpecError:
+    return doc.error(path, f"{format_path(path)}: {message}", at_key=at_key)
+
+
+def _init_value(raw: Any) -> Init:
+    if raw == "zeros":
+        return Zeros()
+    if raw == "ones":
+        return Ones()
+    ((name, number),) = raw.items()
+    return {"normal": Normal, "uniform": Uniform, "like_old": LikeOld}[name](float(number))
