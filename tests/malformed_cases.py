@@ -60,7 +60,7 @@ CASES: list[tuple[str, bytes, str, int]] = [
     ("two-documents", steps("mlp: {to: 512}") + b"---\nspecgrow: 1\n", r"^a spec is one YAML document", 6),
     ("deep-nesting", b"specgrow: " + b"[" * 200 + b"]" * 200 + b"\n", r"^nesting deeper than 64 levels$", 1),
     ("non-string-key", steps("mlp: {to: 512, 7: 1}"), r"^mapping keys must be strings, found 7$", 5),
-    ("huge-integer", steps("mlp: {to: " + "9" * 200 + "}"), r"^number out of range: 9+$", 5),
+    ("huge-integer", steps("mlp: {to: " + "9" * 200 + "}"), r"^number out of range: 9+\.\.\.$", 5),
     # ------------------------------------------------------------ bytes
     ("empty-file", b"", r"^empty spec$", 1),
     ("comments-only", b"# a spec\n\n# nothing here\n", r"^empty spec$", 1),
@@ -68,7 +68,7 @@ CASES: list[tuple[str, bytes, str, int]] = [
     ("top-level-scalar", b"\n\nhello\n", r"^<top>: expected a mapping, found a scalar$", 3),
     ("binary-garbage", bytes([0x00, 0x9F, 0x92, 0x96, 0x00, 0xFF, 0x13, 0x37, 0xC3, 0x28, 0x00]) * 8,
      r"^spec is not valid UTF-8: byte 0x9f", 1),
-    ("nul-byte", b"specgrow: 1\nmodel: \x00\n", r"^invalid YAML: unacceptable character #x0000", 2),
+    ("nul-byte", b"specgrow: 1\nmodel: \x00\n", r"^invalid YAML: unprintable character #x0000 is not allowed$", 2),
     ("invalid-utf8", b"specgrow: 1\nmodel:\n  arch: gpt\xff2\n",
      r"^spec is not valid UTF-8: byte 0xff \(invalid start byte\)$", 3),
     ("too-large", b"specgrow: 1\n" + b"#" * (1024 * 1024), r"^spec is larger than 1 MiB", 1),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
 
 import specgrow.spec
 from specgrow.errors import InputError, SpecError
@@ -232,10 +233,18 @@ def test_specs_are_frozen_and_compared_by_structure():
 
 
 # ------------------------------------------------------------------ bad specs
+@pytest.fixture(params=["libyaml", "python"])
+def parser(request, monkeypatch):
+    """Run a test with PyYAML's C parser when it has one, and with its Python parser."""
+    if request.param == "python":
+        monkeypatch.setattr(yaml_loader, "_FAST_LOADER", yaml.SafeLoader)
+    return request.param
+
+
 @pytest.mark.parametrize(
     ("text", "pattern", "line"), [case[1:] for case in CASES], ids=[case[0] for case in CASES]
 )
-def test_malformed(text, pattern, line):
+def test_malformed(parser, text, pattern, line):
     with pytest.raises(SpecError) as caught:
         load_spec_text(text, "bad.yaml")
     rendered = caught.value.render()
@@ -244,6 +253,13 @@ def test_malformed(text, pattern, line):
         rendered
     )
     assert caught.value.exit_code == 1
+
+
+def test_both_parsers_agree_on_a_good_spec(monkeypatch):
+    data = SIX.read_bytes()
+    fast = yaml_loader.load_yaml(data, "six.yaml")
+    monkeypatch.setattr(yaml_loader, "_FAST_LOADER", yaml.SafeLoader)
+    assert yaml_loader.load_yaml(data, "six.yaml") == fast
 
 
 def test_case_table_is_large_and_unique():
