@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from specgrow.errors import SpecError
+from specgrow.shape import LayerShape
 from specgrow.spec.schema import format_path
 from specgrow.spec.types import (
     DEFAULT_INIT,
@@ -35,17 +36,6 @@ from specgrow.spec.types import (
 from specgrow.spec.yaml_loader import Document, KeyPath
 
 MAX_LAYERS = 4096
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    """The widths of one layer at some point in the steps."""
-
-    mlp: int
-    heads: int
-    kv_heads: int
-    key: int
-    value: int
 
 
 @dataclass(frozen=True)
