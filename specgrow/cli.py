@@ -1,13 +1,16 @@
 """The ``specgrow`` command line (DESIGN §3).
 
-Exit codes: 0 success, 1 invalid spec / failed check / bad checkpoint, 2 usage or IO.
-Every error is one line ``FILE:LINE:COL: error: MESSAGE`` on stderr. ``validate`` and
-``plan`` never import torch; ``apply`` imports it only once the spec is valid.
+Exit codes: 0 success, 1 invalid spec / not PROVED / failed check / bad checkpoint, 2 usage
+or IO. Every error is one line ``FILE:LINE:COL: error: MESSAGE`` on stderr (``check`` reports
+on stdout, in the chosen format). ``validate`` and ``plan`` never import torch, nor does
+``check`` of a PROVED spec; ``apply`` imports it only once the spec is valid. SymPy is
+imported only by the commands that prove.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from specgrow import __version__
@@ -27,6 +30,25 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check specs against the schema and the semantic rules")
     p.add_argument("specs", nargs="+", metavar="SPEC")
 
+    p = sub.add_parser("check", help="validate and prove specs; exit 0 only if every one is PROVED",
+                       description="Validate and prove each spec. Exit 0 if all are PROVED, 1 if any is "
+                                   "REFUTED, UNKNOWN or invalid, 2 if one cannot be read.")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+                   help="report on stdout: located text lines and a summary (default), a JSON list of "
+                        "certificates, or a SARIF 2.1.0 log")
+
+    p = sub.add_parser("prove", help="write the proof certificate of a spec",
+                       description="Prove a spec and write its certificate: Markdown by default, JSON with "
+                                   "--json (one format per run). The certificate is written whatever the "
+                                   "verdict; exit codes as check.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write the certificate to FILE (replaced atomically; default: stdout)")
+    p.add_argument("--json", action="store_true",
+                   help="write the certificate as one JSON object (an entry of check --format json) "
+                        "instead of Markdown")
+
     p = sub.add_parser("plan", help="print the per-tensor edits of a spec")
     p.add_argument("spec", metavar="SPEC")
 
@@ -40,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the written tensors (default: the input's)")
     p.add_argument("--allow-unproved", action="store_true",
-                   help="write the grown model even if it fails the numeric check")
+                   help="write the grown model even if its spec is not PROVED or it fails the numeric check")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
     return parser
@@ -59,6 +81,50 @@ def _validate(args) -> int:
             continue
         print(f"{path}: valid ({len(spec.steps)} step(s))")
     return status
+
+
+def _prove_file(path: str):
+    """The certificate of one spec file, or the `SpecgrowError` that stopped it."""
+    from specgrow.spec import load_spec
+
+    try:
+        spec = load_spec(path)
+        from specgrow.verify.prover import prove_spec
+
+        return prove_spec(spec)
+    except SpecgrowError as err:
+        return err
+
+
+def _exit_code(outcome) -> int:
+    if isinstance(outcome, SpecgrowError):
+        return outcome.exit_code
+    return 0 if outcome.verdict.value == "PROVED" else 1
+
+
+def _check(args) -> int:
+    from specgrow.verify.report import FORMATS
+
+    outcomes = [_prove_file(path) for path in args.specs]
+    sys.stdout.write(FORMATS[args.format](outcomes))
+    return max(_exit_code(outcome) for outcome in outcomes)
+
+
+def _prove(args) -> int:
+    from specgrow.verify.report import render_markdown, spec_lines, write_atomic
+
+    cert = _prove_file(args.spec)
+    if isinstance(cert, SpecgrowError):
+        raise cert
+    text = json.dumps(cert.as_dict(), indent=2, ensure_ascii=False) + "\n" if args.json else render_markdown(cert)
+    report = spec_lines(cert)
+    if args.output is None:
+        sys.stdout.write(text)
+        print("\n".join(report), file=sys.stderr)
+    else:
+        write_atomic(args.output, text)
+        print("\n".join(report + [f"wrote {args.output}"]))
+    return _exit_code(cert)
 
 
 def _plan(args) -> int:
@@ -87,7 +153,7 @@ def _apply(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "plan": _plan, "apply": _apply}
+COMMANDS = {"validate": _validate, "check": _check, "prove": _prove, "plan": _plan, "apply": _apply}
 
 
 def main(argv: list[str] | None = None) -> int:

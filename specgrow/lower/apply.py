@@ -1,12 +1,14 @@
 """``specgrow apply``: execute a compiled plan on a checkpoint and check the result.
 
-Order: read (or initialise) the input, check its shapes against the spec, run each step's
-edits on the device, compare logits, and only then write the output directory
-atomically. A failed numeric check writes nothing unless ``allow_unproved``.
+Order: prove the spec, read (or initialise) the input, check its shapes against the spec,
+run each step's edits on the device, compare logits, and only then write the output
+directory atomically, the proof certificate included. A spec that is not PROVED, or a failed
+numeric check, writes nothing unless ``allow_unproved``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from specgrow import __version__
-from specgrow.errors import InputError, NumericCheckError, SpecError
+from specgrow.errors import InputError, NumericCheckError, SpecError, SpecgrowError
 from specgrow.lower.checkpoint import (
     MODEL_FILE, atomic_directory, check_shapes, load_state, resolve_input, sha256_file,
 )
@@ -26,6 +28,11 @@ from specgrow.shape import ModelShape, tensor_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MANIFEST = "specgrow-manifest.json"
+CERTIFICATE = "proof.md"
+
+
+class UnprovedError(SpecgrowError):
+    """The spec is not PROVED, so apply refuses it (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +65,31 @@ def grow_state(state, plan, device) -> list[dict[str, torch.Tensor]]:
     return states
 
 
+def prove(spec, allow_unproved: bool, log=print):
+    """The spec's certificate; raises `UnprovedError` at the first failure unless ``allow_unproved``."""
+    from specgrow.verify.prover import prove_spec
+    from specgrow.verify.report import failures
+    from specgrow.verify.result import Verdict
+
+    cert = prove_spec(spec)
+    if cert.verdict is not Verdict.PROVED:
+        first = failures(cert)[0]
+        if not allow_unproved:
+            raise UnprovedError(first.message + "; nothing written (--allow-unproved writes it anyway)",
+                                path=spec.path, line=first.line, column=first.column)
+        log(f"{spec.path}:{first.line}:{first.column}: warning: {first.message}; writing it (--allow-unproved)")
+    return cert
+
+
 def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
-    """Grow, check and write; returns the manifest that was written."""
+    """Prove, grow, check and write; returns the manifest that was written."""
     if spec.model.arch != "reference":
         raise SpecError(f"model.arch: '{spec.model.arch}' checkpoints are not supported by apply yet "
                         "(expected 'reference')", path=spec.path)
+    from specgrow.verify.report import obligation_count, render_markdown
+
+    cert = prove(spec, options.allow_unproved, log)
+    certificate = render_markdown(cert)
     device = resolve_device(options.device)
     if options.input is None:
         state = random_state(plan.before, spec.seed)
@@ -98,18 +125,23 @@ def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
         "input": source,
         "device": str(device),
         "versions": _versions(),
-        "proof": None,
+        "proof": {
+            "verdict": cert.verdict.value,
+            "obligations": obligation_count(cert),
+            "certificate_sha256": hashlib.sha256(certificate.encode("utf-8")).hexdigest(),
+        },
         "numeric_check": result.as_dict(),
         "parameters": {"before": plan.before.parameter_count(), "after": plan.after.parameter_count()},
     }
     with atomic_directory(options.output, options.overwrite) as tmp:
         _write_model(tmp / MODEL_FILE, grown, spec.sha256)
         (tmp / "config.json").write_text(json.dumps(plan.after.to_config(), indent=2) + "\n")
+        (tmp / CERTIFICATE).write_text(certificate, encoding="utf-8")
         manifest["output"] = {"file": MODEL_FILE, "sha256": sha256_file(tmp / MODEL_FILE)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"grew {plan.before.parameter_count():,} -> {plan.after.parameter_count():,} parameters "
-        f"in {len(plan.steps)} step(s) on {device}; numeric check {'passed' if result.passed else 'FAILED'}: "
-        f"{result.summary()}; wrote {options.output}")
+        f"in {len(plan.steps)} step(s) on {device}; proof {cert.verdict.value}; "
+        f"numeric check {'passed' if result.passed else 'FAILED'}: {result.summary()}; wrote {options.output}")
     return manifest
 
 

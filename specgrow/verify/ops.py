@@ -1,0 +1,194 @@
+"""Opaque operators and their lemmas.
+
+The prover never opens Softmax, the norms, RoPE or a block of attention heads; it only
+uses these identities (each proved at index level and checked numerically in
+``tests/test_lemmas.py``):
+
+* ``rms_pad``: RMSNorm([x, 0], [g, g'], e) = [sqrt(w'/w) * RMSNorm(x, g, e*w'/w), 0]
+  (x of width w inside width w'); exact, so a missing gain or eps rescale shows up later
+  as a residual, not as a failed match.
+* ``norm_copies``: Norm([x, ..., x], [g_1, ..., g_m], e) = [Norm(x, g_1, e), ..., Norm(x, g_m, e)]
+  for RMSNorm and LayerNorm (the mean and the variance of copies are unchanged).
+* ``gain_linear``: RMSNorm(x, c*g, e) = c * RMSNorm(x, g, e); LayerNorm likewise when gain
+  and bias share the factor.
+* ``gqa_split``: Heads([Q_a, Q_b], [K_a, K_b], [V_a, V_b]) = [Heads(Q_a, K_a, V_a), Heads(Q_b, K_b, V_b)]
+  when each query block holds exactly the heads that read its kv block.
+* ``rope_linear``: RoPE(c*X) = c * RoPE(X), RoPE(0) = 0.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy import BlockMatrix, MatAdd, MatMul, MatrixExpr, ZeroMatrix
+
+
+def _split_scalar(m):
+    """(c, M) with m = c * M (a common factor of a sum's terms too)."""
+    if isinstance(m, MatAdd):
+        parts = [_split_scalar(t) for t in m.args]
+        if len({c for c, _ in parts}) == 1:
+            return parts[0][0], MatAdd(*[t for _, t in parts])
+        return sp.Integer(1), m
+    if isinstance(m, MatMul):
+        coeff, mats = m.as_coeff_matrices()
+        if len(mats) == 1:
+            return coeff, mats[0]
+        return coeff, MatMul(*mats)
+    return sp.Integer(1), m
+
+
+class _Op(MatrixExpr):
+    """An uninterpreted matrix function; equal arguments give equal values."""
+
+    def doit(self, **hints):
+        if hints.get("deep", True):
+            return type(self)(*[a.doit(**hints) if hasattr(a, "doit") else a for a in self.args])
+        return self
+
+    def _eval_transpose(self):
+        return None
+
+
+class RMSNorm(_Op):
+    """Row-wise ``x * g / sqrt(mean(x^2) + eps)`` (n, w) with gain g (1, w)."""
+
+    def __new__(cls, x, g, eps):
+        return MatrixExpr.__new__(cls, x, g, sp.simplify(sp.sympify(eps)))
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+
+class LayerNorm(_Op):
+    """Row-wise ``(x - mean) * g / sqrt(var + eps) + b``."""
+
+    def __new__(cls, x, g, b, eps):
+        return MatrixExpr.__new__(cls, x, g, b, sp.simplify(sp.sympify(eps)))
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+
+class Heads(_Op):
+    """The concatenated outputs of a block of attention heads from their projections.
+
+    Q (n, a*k), K (n, b*k), V (n, b*v): query head j reads kv head j // (a/b); scores
+    scaled by ``scale``; RoPE inside when ``rope`` is 1.
+    """
+
+    def __new__(cls, q, k, v, key, value, scale, rope):
+        return MatrixExpr.__new__(cls, q, k, v, *map(sp.sympify, (key, value, scale, rope)))
+
+    @property
+    def shape(self):
+        q, _, v, key, value = self.args[:5]
+        return (q.shape[0], sp.simplify(q.shape[1] / key * value))
+
+
+class Softmax(_Op):
+    """Row-wise softmax of causal attention scores."""
+
+    def __new__(cls, s):
+        return MatrixExpr.__new__(cls, s)
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+
+class Rope(_Op):
+    """Rotary embedding of one head's (n, w) projection at head width ``width``."""
+
+    def __new__(cls, x, width, tag):
+        return MatrixExpr.__new__(cls, x, sp.sympify(width), sp.Symbol(str(tag)))
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+
+# ------------------------------------------------------------------ lemma rules
+def r_rmsnorm(e, trace):
+    x, g, eps = e.args
+    c, g0 = _split_scalar(g)
+    if c != 1:
+        trace.lemma("gain_linear")
+        return c * RMSNorm(x, g0, eps)
+    if isinstance(x, BlockMatrix) and isinstance(g, BlockMatrix) and x.blockshape[0] == 1:
+        xs, gs = list(x.blocks), list(g.blocks)
+        if len(xs) != len(gs) or [b.shape[1] for b in xs] != [b.shape[1] for b in gs]:
+            return e
+        live = [i for i, b in enumerate(xs) if not isinstance(b, ZeroMatrix)]
+        if len(live) == 1:
+            i = live[0]
+            width, total = xs[i].shape[1], x.shape[1]
+            ratio = sp.simplify(total / width)
+            trace.lemma("rms_pad")
+            blocks = [ZeroMatrix(*b.shape) for b in xs]
+            blocks[i] = sp.sqrt(ratio) * RMSNorm(xs[i], gs[i], eps * ratio)
+            return BlockMatrix([blocks])
+        if len(set(xs)) == 1 and len(xs) > 1:
+            trace.lemma("norm_copies")
+            return BlockMatrix([[RMSNorm(xs[0], gi, eps) for gi in gs]])
+    return e
+
+
+def r_layernorm(e, trace):
+    x, g, b, eps = e.args
+    cg, g0 = _split_scalar(g)
+    cb, b0 = _split_scalar(b)
+    if cg != 1 and (cg == cb or isinstance(b, ZeroMatrix)):
+        trace.lemma("gain_linear")
+        return cg * LayerNorm(x, g0, b0 if cb == cg else b, eps)
+    if isinstance(x, BlockMatrix) and x.blockshape[0] == 1 and len(set(x.blocks)) == 1 and len(x.blocks) > 1:
+        if isinstance(g, BlockMatrix) and isinstance(b, BlockMatrix) and \
+                len(g.blocks) == len(b.blocks) == len(x.blocks):
+            trace.lemma("norm_copies")
+            return BlockMatrix([[LayerNorm(x.blocks[0], gi, bi, eps) for gi, bi in zip(g.blocks, b.blocks)]])
+    return e
+
+
+def r_heads(e, trace):
+    q, k, v, key, value, scale, rope = e.args
+    if not all(isinstance(m, BlockMatrix) for m in (q, k, v)):
+        return e
+    qs, ks, vs = list(q.blocks), list(k.blocks), list(v.blocks)
+    if not (len(qs) == len(ks) == len(vs) > 1):
+        return e
+    ratio = sp.simplify(q.shape[1] / k.shape[1])
+    for qb, kb, vb in zip(qs, ks, vs):
+        if sp.simplify(qb.shape[1] / kb.shape[1] - ratio) != 0:
+            return e
+        if sp.simplify(kb.shape[1] / key - vb.shape[1] / value) != 0:
+            return e
+    trace.lemma("gqa_split")
+    return BlockMatrix([[Heads(qb, kb, vb, key, value, scale, rope) for qb, kb, vb in zip(qs, ks, vs)]])
+
+
+def r_rope(e, trace):
+    x, width, tag = e.args
+    if isinstance(x, ZeroMatrix):
+        trace.lemma("rope_linear")
+        return ZeroMatrix(*x.shape)
+    c, x0 = _split_scalar(x)
+    if c != 1:
+        trace.lemma("rope_linear")
+        return c * Rope(x0, width, tag)
+    if isinstance(x, BlockMatrix):
+        coeffs = {_split_scalar(b)[0] for b in x.blocks}
+        if len(coeffs) == 1 and (c := coeffs.pop()) != 1:
+            trace.lemma("rope_linear")
+            return c * Rope(BlockMatrix([[_split_scalar(b)[1] for b in x.blocks]]), width, tag)
+    return e
+
+
+def r_heads_zero(e, trace):
+    if isinstance(e.args[2], ZeroMatrix):
+        trace.lemma("heads_of_zero_values")
+        return ZeroMatrix(*e.shape)
+    return r_heads(e, trace)
+
+
+LEMMAS = {RMSNorm: r_rmsnorm, LayerNorm: r_layernorm, Heads: r_heads_zero, Rope: r_rope}

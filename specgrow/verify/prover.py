@@ -1,0 +1,318 @@
+"""Prove that a spec's plan preserves the function, step by step, sublayer by sublayer.
+
+Compose, never unroll: for each step the residual stream gets a representation
+(``x``, ``[x, 0]`` or ``[x, ..., x]``); the embedding must produce it, every sublayer must
+map it to the same representation of its old output, and the head must read it back to
+the old logits. Layers whose edits have the same structure share one proof. Steps chain
+because each preserves the whole network's function.
+
+`prove_spec` imports torch only when a residual is nonzero, to confirm it with a concrete
+counterexample; a residual that no counterexample confirms is UNKNOWN, never REFUTED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import sympy as sp
+from sympy import BlockMatrix, MatAdd, MatMul, MatrixSymbol, ZeroMatrix
+
+from specgrow.ir import Random
+from specgrow.transforms import compile_spec
+from specgrow.verify import sublayers as S
+from specgrow.verify.algebra import Trace, collapse
+from specgrow.verify.build import Stuck
+from specgrow.verify.ops import LEMMAS, LayerNorm, RMSNorm
+from specgrow.verify.result import (
+    Certificate, Obligation, SideCondition, StepProof, Verdict, combine,
+)
+
+_CACHE: dict = {}
+
+
+def prove_spec(spec) -> Certificate:
+    """The certificate of a canonical `Spec` (see `specgrow.verify.result`)."""
+    started = time.perf_counter()
+    plan = compile_spec(spec)
+    steps, invariants = [], []
+    for step_plan, step in zip(plan.steps, spec.steps):
+        obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps)
+        mark = spec.step_marks[step_plan.index]
+        from specgrow.planview import describe_step
+
+        steps.append(StepProof(step_plan.index, step.kind, describe_step(step), mark.line, mark.column,
+                               combine(o.verdict for o in obligations), tuple(obligations)))
+        invariants.append(invariant)
+    verdict = combine(s.verdict for s in steps)
+    counterexample = None
+    if verdict is Verdict.REFUTED:
+        from specgrow.verify.counterexample import find_counterexample
+
+        counterexample = find_counterexample(spec, plan)
+        if counterexample is None:
+            steps = [_unconfirmed(s) for s in steps]
+            verdict = combine(s.verdict for s in steps)
+    return Certificate(spec.path, spec.sha256, verdict, tuple(steps), tuple(invariants), counterexample,
+                       _versions(), time.perf_counter() - started)
+
+
+def _unconfirmed(step: StepProof) -> StepProof:
+    obligations = tuple(
+        dataclasses.replace(o, verdict=Verdict.UNKNOWN,
+                            stuck=f"nonzero residual not confirmed by a numeric counterexample: {o.residual}")
+        if o.verdict is Verdict.REFUTED else o
+        for o in step.obligations
+    )
+    return dataclasses.replace(step, obligations=obligations, verdict=combine(o.verdict for o in obligations))
+
+
+def _versions() -> dict:
+    from specgrow import __version__
+
+    return {"specgrow": __version__, "sympy": sp.__version__}
+
+
+# ------------------------------------------------------------------ one step
+def prove_step(step_plan, step, eps_value):
+    before, after = step_plan.before, step_plan.after
+    by_layer: dict = {}
+    for edit in step_plan.edits:
+        by_layer.setdefault(edit.layer, {})[edit.role] = edit
+    kind, extra = "same", None
+    if step.kind == "hidden":
+        kind = "copies" if step.method == "duplicate" else "pad"
+        extra = after.hidden // before.hidden if kind == "copies" else sp.Symbol("dh", positive=True, integer=True)
+    lift = lambda m: S.lifted(kind, m, extra)  # noqa: E731
+    x = MatrixSymbol("x", S.n, S.h)
+    eps_new = S.EPS * step_plan.eps_scale if eps_value else 0
+    eps_old = S.EPS if eps_value else 0
+    invariant = {"pad": "residual stream [x, 0]", "copies": f"residual stream [x]*{extra}",
+                 "same": "residual stream x"}[kind]
+    out = []
+    globals_ = by_layer.get(None, {})
+    w = S.Weights(before, globals_, None)
+    out.append(_obligation(step_plan.index, "embedding", (), "embed'(t) = lift(embed(t))",
+                           lambda: S.embedding(w, lift), _key("embedding", before, globals_, kind)))
+    out.append(_obligation(step_plan.index, "final norm + unembedding", (), "head'(lift(x)) = head(x)",
+                           lambda: _eps(S.head(w, lift(x), x, eps_new), eps_old),
+                           _key("head", before, globals_, kind, eps_value)))
+    groups: dict = {}
+    for layer in range(len(after.layers)):
+        edits = by_layer.get(layer, {})
+        if edits and all(e.source is None for e in edits.values()):
+            groups.setdefault(("new", _key("new", before, edits)), []).append((layer, edits))
+        elif edits and all(e.is_identity() for e in edits.values()):
+            continue  # a moved layer: every tensor copied unchanged
+        elif edits or kind != "same":
+            groups.setdefault(("grown", _key("grown", before, edits, kind, eps_value)), []).append((layer, edits))
+    for (what, _), members in groups.items():
+        layer, edits = members[0]
+        layers = tuple(m[0] for m in members)
+        shape_layer = _old_index(edits, layer)
+        out += _layer_obligations(step_plan, what, layers, edits, shape_layer, lift, x, eps_new, eps_old)
+    return out, invariant
+
+
+def _old_index(edits, layer):
+    for e in edits.values():
+        if e.source is not None:
+            return e.source[1]
+        if e.blocks and isinstance(e.blocks[0].source, Random) and e.blocks[0].source.like:
+            return e.blocks[0].source.like[1]
+    return layer
+
+
+def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_new, eps_old):
+    before, after = step_plan.before, step_plan.after
+    index = step_plan.index
+    per_head = S.is_per_head(edits)
+    shape = before
+    w = S.Weights(shape, edits, old_layer, per_head=per_head)
+    s_after = after.layers[layers[0]]
+    s_before = before.layers[old_layer] if what == "grown" else s_after
+    key_new = S.k * sp.Integer(s_after.key) / s_before.key if per_head else S.k
+    value_new = S.v * sp.Integer(s_after.value) / s_before.value if per_head else S.v
+    key_new = _width(edits, "attn.q.weight", key_new)
+    value_new = _width(edits, "attn.v.weight", value_new)
+    if what == "new":
+        zero = lambda pair: (pair[0], ZeroMatrix(*pair[0].shape))  # noqa: E731
+        return [
+            _obligation(index, "attention (new layer)", layers, "attn'(x) = 0",
+                        lambda: zero(S.attention(w, x, x, eps_new, S.k, S.v)), None),
+            _obligation(index, "mlp (new layer)", layers, "mlp'(x) = 0",
+                        lambda: zero(S.mlp(w, x, x, eps_new)), None),
+        ]
+    key = _key("layer", shape, edits, per_head)
+    results = []
+    if per_head:
+        side: list = []
+
+        def scores():
+            _, pair = S.attention_head(w, lift(x), x, eps_new, key_new, value_new, side)
+            return _eps(pair, eps_old)
+
+        score = _obligation(index, "attention scores (one generic head)", layers,
+                            "R(q')R(k')^T/sqrt(k') = R(q)R(k)^T/sqrt(k)", scores, None, side)
+        results.append(score)
+        if score.verdict is Verdict.PROVED:
+            results.append(_obligation(
+                index, "attention output (one generic head)", layers, "softmax(s) v' o'_head = softmax(s) v o_head",
+                lambda: _eps(S.attention_head(w, lift(x), x, eps_new, key_new, value_new, [])[0], eps_old),
+                None))
+    else:
+        results.append(_obligation(index, "attention", layers, "attn'(lift(x)) = lift(attn(x))",
+                                   lambda: _lift_old(S.attention(w, lift(x), x, eps_new, key_new, value_new),
+                                                     lift, eps_old),
+                                   ("attn", key, eps_new, str(lift(x)))))
+    results.append(_obligation(index, "mlp", layers, "mlp'(lift(x)) = lift(mlp(x))",
+                               lambda: _lift_old(S.mlp(w, lift(x), x, eps_new), lift, eps_old),
+                               ("mlp", key, eps_new, str(lift(x)))))
+    return results
+
+
+def _width(edits, role, default):
+    from specgrow.ir import Grouped
+
+    edit = edits.get(role)
+    if edit is not None and isinstance(edit.blocks[0].where[0], Grouped):
+        return sp.sympify(edit.blocks[0].where[0].width)
+    return default
+
+
+def _lift_old(pair, lift, eps_old):
+    new, old = _eps(pair, eps_old)
+    return new, lift(old)
+
+
+def _eps(pair, eps_old):
+    """Put the model's eps (0 when the model has none) into the old side."""
+    new, old = pair
+    if eps_old == 0:
+        new, old = new.xreplace({S.EPS: 0}), old.xreplace({S.EPS: 0})
+    return new, old
+
+
+def _key(*parts):
+    """A cache key: the structure of the edits (roles, shapes, blocks; not seeds or layers)."""
+    def strip(edit):
+        blocks = tuple(dataclasses.replace(b, source=_unseeded(b.source)) for b in edit.blocks)
+        return (edit.role, edit.old_shape, edit.new_shape, blocks, edit.dims)
+
+    out = []
+    for p in parts:
+        if isinstance(p, dict):
+            out.append(tuple(sorted((r, strip(e)) for r, e in p.items())))
+        else:
+            out.append(repr(p))
+    return tuple(out)
+
+
+def _unseeded(source):
+    if isinstance(source, Random):
+        return dataclasses.replace(source, seed=0, like=None)
+    if hasattr(source, "noise") and source.noise is not None:
+        return dataclasses.replace(source, noise=dataclasses.replace(source.noise, seed=0))
+    return source
+
+
+# ------------------------------------------------------------------ one obligation
+def _obligation(step, sublayer, layers, statement, build, key, side=None):
+    if key is not None and (step, key) in _CACHE:
+        return dataclasses.replace(_CACHE[(step, key)], layers=layers)
+    started = time.perf_counter()
+    trace = Trace()
+    side = side if side is not None else []
+    try:
+        new, target = build()
+        residual = collapse(new - target, trace, extra=LEMMAS)
+    except Stuck as err:
+        result = Obligation(step, sublayer, layers, Verdict.UNKNOWN, statement, stuck=str(err),
+                            seconds=time.perf_counter() - started)
+    else:
+        conditions = tuple(SideCondition(text, str(value), value == 0) for text, value in side)
+        if _is_zero(residual) and all(c.holds for c in conditions):
+            verdict, shown, hint = Verdict.PROVED, None, None
+        else:
+            hint = _hint(residual, conditions) or _factor_hint(new, target)
+            verdict, shown = Verdict.REFUTED, _show(residual)
+        result = Obligation(step, sublayer, layers, verdict, statement, tuple(sorted(trace.rules.items())),
+                            tuple(trace.lemmas), conditions, shown, hint, None, time.perf_counter() - started)
+    if key is not None:
+        _CACHE[(step, key)] = result
+    return result
+
+
+def _is_zero(m) -> bool:
+    if isinstance(m, ZeroMatrix) or m == 0:
+        return True
+    if isinstance(m, BlockMatrix):
+        return all(_is_zero(b) for b in m.blocks)
+    return False
+
+
+def _show(m, limit=400) -> str:
+    text = " ".join(str(m).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _hint(residual, conditions) -> str | None:
+    """What would have been needed, where `solve` can say it."""
+    failed = [c for c in conditions if not c.holds]
+    if failed:
+        return "; ".join(f"{c.text} is {c.value}, must be 0" for c in failed)
+    randoms = sorted({s.name.split(":", 1)[1] for s in residual.free_symbols
+                      if isinstance(s, MatrixSymbol) and s.name.startswith("R")})
+    norms = [a for a in residual.atoms(RMSNorm, LayerNorm)]
+    if any(isinstance(a, LayerNorm) and isinstance(a.args[0], BlockMatrix)
+           and any(isinstance(b, ZeroMatrix) for b in a.args[0].blocks) for a in norms):
+        return "LayerNorm over a zero-padded stream [x, 0] has no exact rescale; use method: duplicate"
+    eps_args = {a.args[-1] for a in norms}
+    if len(eps_args) > 1:
+        found, wanted = sorted(eps_args, key=sp.default_sort_key)[:2]
+        t = sp.Symbol("t")
+        solution = sp.solve(sp.Eq(t * found, wanted), t) or sp.solve(sp.Eq(t * wanted, found), t)
+        return f"the norm eps must be scaled by {solution[0]} (found eps args {found} and {wanted})" \
+            if solution else None
+    coefficient = _scalar_mismatch(residual)
+    if coefficient is not None:
+        return coefficient
+    if randoms:
+        return "new slices reach the output: make these zero: " + ", ".join(randoms)
+    return None
+
+
+def _factor_hint(new, target):
+    """For ``new = a*M`` and ``target = b*M``: the factor b/a that one side lacks (e.g. sqrt(k'/k))."""
+    trace = Trace()
+    a, m = _coeff(collapse(new, trace, extra=LEMMAS))
+    b, m2 = _coeff(collapse(target, trace, extra=LEMMAS))
+    if m == m2 and a != 0:
+        factor = sp.simplify(b / a)
+        if factor != 1:
+            return f"a factor {factor} is missing (e.g. a rescale of the old columns)"
+    return None
+
+
+def _coeff(m):
+    if isinstance(m, MatMul):
+        coeff, mats = m.as_coeff_matrices()
+        return coeff, MatMul(*mats) if len(mats) > 1 else mats[0]
+    return sp.Integer(1), m
+
+
+def _scalar_mismatch(residual):
+    """For a residual ``a*M - b*M``: the factor t with ``t*a = b`` (e.g. sqrt(k'/k))."""
+    terms = residual.args if isinstance(residual, MatAdd) else (residual,)
+    coefficients: dict = {}
+    for term in terms:
+        coeff, mats = term.as_coeff_matrices() if isinstance(term, MatMul) else (sp.Integer(1), [term])
+        key = MatMul(*mats) if len(mats) > 1 else mats[0]
+        coefficients.setdefault(key, []).append(coeff)
+    for mats, coeffs in coefficients.items():
+        if len(coeffs) == 2:
+            t = sp.Symbol("t", positive=True)
+            solution = sp.solve(sp.Eq(t * coeffs[0], -coeffs[1]), t)
+            if solution:
+                return f"a factor {sp.simplify(solution[0])} is missing on one side (e.g. rescale)"
+    return None

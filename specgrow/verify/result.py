@@ -1,0 +1,103 @@
+"""What the prover returns: verdicts, per-sublayer obligations, certificates (plain data).
+
+Three verdicts, never merged: PROVED (every residual rewrote to zero and every side
+condition simplified to 0), REFUTED (a nonzero residual, confirmed by a concrete numeric
+counterexample), UNKNOWN (rewriting got stuck, or a residual could not be confirmed).
+UNKNOWN never passes a gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+
+class Verdict(str, Enum):
+    PROVED = "PROVED"
+    REFUTED = "REFUTED"
+    UNKNOWN = "UNKNOWN"
+
+
+def combine(verdicts) -> Verdict:
+    """REFUTED if any is, else UNKNOWN if any is, else PROVED (PROVED for no obligations)."""
+    verdicts = list(verdicts)
+    if Verdict.REFUTED in verdicts:
+        return Verdict.REFUTED
+    if Verdict.UNKNOWN in verdicts:
+        return Verdict.UNKNOWN
+    return Verdict.PROVED
+
+
+@dataclass(frozen=True)
+class SideCondition:
+    text: str  # the condition as an expression that must simplify to 0
+    value: str  # what it simplified to
+    holds: bool
+
+
+@dataclass(frozen=True)
+class Obligation:
+    """One sublayer proof: the grown sublayer on the lifted input equals the lifted old output."""
+
+    step: int
+    sublayer: str  # e.g. "mlp", "attention", "embedding", "final norm + unembedding"
+    layers: tuple[int, ...]  # the layers whose (identical) structure this one proof covers
+    verdict: Verdict
+    statement: str  # what was proved, e.g. "mlp'([x, 0]) = [mlp(x), 0]"
+    rules: tuple[tuple[str, int], ...] = ()  # rewrite rules applied, with counts
+    lemmas: tuple[str, ...] = ()
+    side_conditions: tuple[SideCondition, ...] = ()
+    residual: str | None = None  # REFUTED: the nonzero term
+    hint: str | None = None  # REFUTED: what `solve` says would have been needed
+    stuck: str | None = None  # UNKNOWN: the term rewriting could not reduce
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepProof:
+    index: int
+    kind: str
+    description: str
+    line: int
+    column: int
+    verdict: Verdict
+    obligations: tuple[Obligation, ...]
+
+
+@dataclass(frozen=True)
+class Counterexample:
+    """A concrete witness for REFUTED: the reference model at these dims and seed."""
+
+    dims: dict
+    seed: int
+    tokens: list
+    reference: list  # a few logits of the original model
+    grown: list  # the same logits of the grown model
+    max_abs_diff: float
+    tolerance: str
+
+
+@dataclass(frozen=True)
+class Certificate:
+    spec_path: str
+    spec_sha256: str
+    verdict: Verdict
+    steps: tuple[StepProof, ...]
+    invariants: tuple[str, ...] = ()  # the representation after each step, e.g. "residual [x, 0]"
+    counterexample: Counterexample | None = None
+    versions: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        return _plain(data)
+
+
+def _plain(value):
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,189 @@
+"""Symbolic semantics of the reference model's pieces, on old and grown weights.
+
+Each function returns ``(new, old)``: the grown piece applied to the lifted input and the
+old piece applied to the plain input; the prover then shows ``new - lift(old) = 0``.
+Weights come from the step's `TensorEdit`s through `build.symbolize`; tensors a step does
+not edit are plain symbols, equal on both sides.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy import BlockMatrix, HadamardProduct, MatrixSymbol, OneMatrix, ZeroMatrix
+
+from specgrow.ir import sym
+from specgrow.transforms.common import SPACE_SIZE
+from specgrow.verify.algebra import Trace, apply_fn, collapse, elementwise_fn
+from specgrow.verify.build import Stuck, symbolize
+from specgrow.verify.ops import LEMMAS, Heads, LayerNorm, RMSNorm, Rope, Softmax
+from specgrow.shape import GLOBAL_ROLES, LAYER_ROLES
+from specgrow.ir import Grouped
+
+n = sp.Symbol("n", positive=True, integer=True)
+EPS = sp.Symbol("epsilon", positive=True)
+h, k, v = sym("h"), sym("k"), sym("v")
+
+# Per-head sizes of the per-head spaces (one generic head / kv group).
+HEAD_SIZE = {"q": k, "k": k, "v": v, "o": v}
+
+
+class Weights:
+    """The symbolic weights of one layer (or the global tensors) for one step."""
+
+    def __init__(self, shape, edits, layer, per_head=False):
+        self.shape, self.edits, self.layer, self.per_head = shape, edits, layer, per_head
+        self.placements = {}
+        self.segments = {}
+
+    def has(self, role) -> bool:
+        return role in self.edits or self.shape.has_role(role)
+
+    def get(self, role):
+        """(new, old) symbolic tensors, transposed to [in, out] (vectors as rows)."""
+        if role in self.edits:
+            s = symbolize(self.edits[role], role)
+            self.placements[role], self.segments[role] = s.placements, s.segments
+            if s.new.shape != s.old.shape and self.edits[role].source is None:
+                raise Stuck(f"{role}: unexpected shapes")
+            return s.new, s.old
+        spaces = (GLOBAL_ROLES if self.layer is None else LAYER_ROLES)[role]
+        sizes = [HEAD_SIZE[s] if self.per_head and s in HEAD_SIZE else SPACE_SIZE[s] for s in spaces]
+        m = MatrixSymbol(role, *(sizes[::-1] if len(sizes) == 2 else [1, sizes[0]]))
+        return m, m
+
+
+def is_per_head(edits) -> bool:
+    return any(isinstance(b.where[a], Grouped) for e in edits.values() for b in e.blocks
+               for a in range(len(b.where)))
+
+
+def _add_bias(w, role, pair):
+    """``pair`` plus the broadcast bias of ``role`` when the model has biases."""
+    if not w.shape.bias:
+        return pair
+    new, old = w.get(role)
+    ones = OneMatrix(pair[0].shape[0], 1)
+    return pair[0] + ones * new, pair[1] + ones * old
+
+
+def norm(w, prefix, x_new, x_old, eps_new):
+    g_new, g_old = w.get(f"{prefix}.weight")
+    if w.shape.norm == "layernorm":
+        b_new, b_old = w.get(f"{prefix}.bias")
+        return LayerNorm(x_new, g_new, b_new, eps_new), LayerNorm(x_old, g_old, b_old, EPS)
+    return RMSNorm(x_new, g_new, eps_new), RMSNorm(x_old, g_old, EPS)
+
+
+def _project(w, role, x_new, x_old):
+    w_new, w_old = w.get(f"{role}.weight")
+    return _add_bias(w, f"{role}.bias", (x_new * w_new, x_old * w_old))
+
+
+def mlp(w, x_new, x_old, eps_new):
+    xn_new, xn_old = norm(w, "mlp_norm", x_new, x_old, eps_new)
+    up_new, up_old = _project(w, "mlp.up", xn_new, xn_old)
+    if w.shape.activation == "swiglu":
+        silu = elementwise_fn("silu")
+        gate_new, gate_old = _project(w, "mlp.gate", xn_new, xn_old)
+        hid_new = HadamardProduct(apply_fn(silu, gate_new), up_new)
+        hid_old = HadamardProduct(apply_fn(silu, gate_old), up_old)
+    else:
+        f = elementwise_fn(w.shape.activation)
+        hid_new, hid_old = apply_fn(f, up_new), apply_fn(f, up_old)
+    return _project(w, "mlp.down", hid_new, hid_old)
+
+
+def attention(w, x_new, x_old, eps_new, key_new, value_new):
+    """Whole-head view: the concatenated heads times the output projection."""
+    xn_new, xn_old = norm(w, "attn_norm", x_new, x_old, eps_new)
+    q, k_, v_ = (_project(w, f"attn.{r}", xn_new, xn_old) for r in ("q", "k", "v"))
+    rope = int(w.shape.position == "rope")
+    heads_new = Heads(q[0], k_[0], v_[0], key_new, value_new, 1 / sp.sqrt(key_new), rope)
+    heads_old = Heads(q[1], k_[1], v_[1], k, v, 1 / sp.sqrt(k), rope)
+    o_new, o_old = w.get("attn.o.weight")
+    return _add_bias(w, "attn.o.bias", (heads_new * o_new, heads_old * o_old))
+
+
+def attention_head(w, x_new, x_old, eps_new, key_new, value_new, side):
+    """One generic head (and its kv group): softmax(R(q) R(k)^T / sqrt(key)) v o_head.
+
+    Returns ((contribution_new, contribution_old), (scores_new, scores_old)).
+    """
+    xn_new, xn_old = norm(w, "attn_norm", x_new, x_old, eps_new)
+    q = _project(w, "attn.q", xn_new, xn_old)
+    k_ = _project(w, "attn.k", xn_new, xn_old)
+    if w.segments.get("attn.q.weight", (None,))[0] != w.segments.get("attn.k.weight", (None,))[0]:
+        raise Stuck("query and key heads are cut differently (no shared permutation)")
+    if w.shape.position == "rope":
+        q = (rotate(w, q[0], key_new, side), Rope(q[1], k, "old"))
+        k_ = (rotate(w, k_[0], key_new, side), Rope(k_[1], k, "old"))
+    scores_new = q[0] * k_[0].T / sp.sqrt(key_new)
+    scores_old = q[1] * k_[1].T / sp.sqrt(k)
+    v_ = _project(w, "attn.v", xn_new, xn_old)
+    o_new, o_old = w.get("attn.o.weight")
+    if "attn.v.weight" in w.segments and "attn.o.weight" in w.segments and \
+            w.segments["attn.v.weight"][0] != w.segments["attn.o.weight"][1]:
+        raise Stuck("value and output heads are cut differently (no shared permutation)")
+    contribution = (Softmax(scores_old) * v_[0] * o_new, Softmax(scores_old) * v_[1] * o_old)
+    return contribution, (scores_new, scores_old)
+
+
+def rotate(w, x, width, side):
+    """RoPE of a grown head in segment order, by the `rope_placement` lemma when it applies."""
+    if "attn.q.weight" not in w.edits and "attn.k.weight" not in w.edits and width == k:
+        return Rope(x, k, "old")  # the head's width and its query/key weights are unchanged
+    placements = w.placements.get("attn.q.weight", ())
+    where = lambda ps: [(p.old_start, p.old_stop, p.new_start, p.new_step) for p in ps]  # noqa: E731
+    if where(placements) != where(w.placements.get("attn.k.weight", placements)):
+        raise Stuck("query and key place the old rotary dims differently")
+    x = collapse(x, Trace(), extra=LEMMAS)  # the projection's blocks, in segment order
+    if not placements or not isinstance(x, BlockMatrix):
+        return Rope(x, width, "new")
+    i = sp.Symbol("i", nonnegative=True, integer=True)
+    low = [p for p in placements if p.old_start == 0]
+    high = [p for p in placements if sp.simplify(p.old_start - k / 2) == 0]
+    if len(low) != 1 or len(high) != 1:
+        return Rope(x, width, "new")
+    lo, hi = low[0], high[0]
+    pos_lo = lo.new_start + lo.new_step * i
+    pos_hi = hi.new_start + hi.new_step * i
+    pairing = sp.simplify(pos_hi - pos_lo - width / 2)
+    frequency = sp.simplify(pos_lo / width - i / k)
+    side.append(("rotary pairing: pos(i + k/2) - pos(i) - k'/2", pairing))
+    side.append(("rotary frequency: pos(i)/k' - i/k", frequency))
+    if pairing != 0 or frequency != 0:
+        return Rope(x, width, "new")
+    old_cols = [j for j, s in enumerate(w.segments["attn.q.weight"][0])
+                if s.start in (lo.new_start, hi.new_start) and s.step == lo.new_step]
+    blocks = list(x.blocks)
+    old = BlockMatrix([[blocks[j] for j in old_cols]])
+    rest = [Rope(b, width, f"new{j}") for j, b in enumerate(blocks) if j not in old_cols]
+    return BlockMatrix([[Rope(old, k, "old"), *rest]])
+
+
+def embedding(w, lift):
+    e_new, e_old = w.get("embed.weight")
+    tokens = MatrixSymbol("onehot", n, sym("V"))
+    new, old = tokens * e_new.T, tokens * e_old.T
+    if w.has("pos.weight"):
+        p_new, p_old = w.get("pos.weight")
+        positions = MatrixSymbol("positions", n, sym("T"))
+        new, old = new + positions * p_new.T, old + positions * p_old.T
+    return new, lift(old)
+
+
+def head(w, x_new, x_old, eps_new):
+    if w.shape.final_norm:
+        x_new, x_old = norm(w, "final_norm", x_new, x_old, eps_new)
+    role = "embed.weight" if w.shape.tie_embeddings else "unembed.weight"
+    u_new, u_old = w.get(role)
+    return x_new * u_new, x_old * u_old
+
+
+def lifted(kind, x, extra):
+    """The residual representation: ``[x, 0]`` (zero-pad), ``[x, ..., x]`` (copies), or x."""
+    if kind == "pad":
+        return BlockMatrix([[x, ZeroMatrix(x.shape[0], extra)]])
+    if kind == "copies":
+        return BlockMatrix([[x] * extra])
+    return x
