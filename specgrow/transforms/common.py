@@ -13,6 +13,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Union
 
+import sympy
+
 from specgrow import ir
 from specgrow.ir import Block, Const, Noise, Old, Random, Range, TensorEdit, sym
 from specgrow.shape import GLOBAL_ROLES, LAYER_ROLES, NORM_BIASES, NORM_GAINS, ModelShape
@@ -48,6 +50,21 @@ def keep(size: ir.Expr) -> tuple[Segment, ...]:
 def pad(old: ir.Expr, new: ir.Expr, fill: InitRef, scale: ir.Expr = 1) -> tuple[Segment, ...]:
     """Old indices first (scaled), then a new slice filled by ``fill``: zero-pad growth."""
     return (Segment(Range(0, old), Range(0, old), scale=scale), Segment(Range(old, new), fill=fill))
+
+
+def duplicate_segments(old: ir.Expr, added: ir.Expr, fan_out: bool) -> tuple[Segment, ...]:
+    """Copy units ``[0, added)`` to ``[old, old + added)``; on the fan-out side halve both copies.
+
+    ``added`` is ``old`` itself when the width doubles, so no empty run ``[added, old)`` is left.
+    """
+    if not fan_out:
+        return (Segment(Range(0, old), Range(0, old)), Segment(Range(old, old + added), Range(0, added)))
+    half = sympy.Rational(1, 2)
+    segments = [Segment(Range(0, added), Range(0, added), scale=half, noise=(0, 1))]
+    if added != old:
+        segments.append(Segment(Range(added, old), Range(added, old)))
+    segments.append(Segment(Range(old, old + added), Range(0, added), scale=half, noise=(0, -1)))
+    return tuple(segments)
 
 
 def layer_dims(shape: ModelShape, layer: int | None) -> dict[str, int]:
@@ -161,5 +178,5 @@ def roles_with(shape: ModelShape, layer: int | None, space: str) -> list[str]:
 
 __all__ = [
     "Context", "Grown", "Segment", "SPACE_SIZE", "grow_tensor", "keep", "pad", "layer_dims",
-    "roles_with", "default_rest", "NORM_BIASES", "NORM_GAINS",
+    "roles_with", "default_rest", "duplicate_segments", "NORM_BIASES", "NORM_GAINS",
 ]

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import sympy
-
-from specgrow.ir import Range, sym
+from specgrow.ir import sym
 from specgrow.shape import LAYER_ROLES
 from specgrow.spec.types import Zeros
-from specgrow.transforms.common import Grown, SPACE_SIZE, Segment, grow_tensor, layer_dims, pad
+from specgrow.transforms.common import SPACE_SIZE, Grown, duplicate_segments, grow_tensor, layer_dims, pad
 
 G, dG, r, k, v = sym("G"), sym("dG"), sym("r"), sym("k"), sym("v")
-HALF = sympy.Rational(1, 2)
 
 # space -> (per-head width, heads per group): q has G*r heads of width k, k has G of k, ...
 _UNIT = {"q": (k, r), "k": (k, 1), "v": (v, 1), "o": (v, r)}
@@ -33,32 +30,27 @@ def compile_step(step, shape, ctx):
         s = shape.layers[i]
         ratio = s.heads // s.kv_heads
         dims = dict(layer_dims(shape, i), dG=step.add // ratio)
+        groups = G if step.add == s.heads else dG  # doubling: the copies are all old groups
         for prefix, space in _ROLES.items():
             for role in (f"{prefix}.weight", f"{prefix}.bias"):
                 if not shape.has_role(role) or space not in LAYER_ROLES[role]:
                     continue
-                grow = {space: (_new_size(space), _segments(step, space, role))}
+                grow = {space: (_new_size(space, groups), _segments(step, space, role, groups))}
                 edits.append(grow_tensor(ctx, shape, role, i, grow, dims, noise_std=step.noise))
         layers[i] = replace(s, heads=s.heads + step.add, kv_heads=s.kv_heads + step.add // ratio)
     return Grown(tuple(edits), shape.with_layers(layers))
 
 
-def _new_size(space):
+def _new_size(space, groups):
     width, per_group = _UNIT[space]
-    return (G + dG) * per_group * width
+    return (G + groups) * per_group * width
 
 
-def _segments(step, space, role):
+def _segments(step, space, role, groups):
     old = SPACE_SIZE[space]
     width, per_group = _UNIT[space]
-    added = dG * per_group * width
+    added = groups * per_group * width
     if step.method == "duplicate":
-        if space == "o":  # fan-out of the copied heads: halve both copies
-            return (
-                Segment(Range(0, added), Range(0, added), scale=HALF, noise=(0, 1)),
-                Segment(Range(added, old), Range(added, old)),
-                Segment(Range(old, old + added), Range(0, added), scale=HALF, noise=(0, -1)),
-            )
-        return (Segment(Range(0, old), Range(0, old)), Segment(Range(old, old + added), Range(0, added)))
+        return duplicate_segments(old, added, fan_out=space == "o")
     fill = Zeros() if role.endswith(".bias") else space
     return pad(old, old + added, fill)

@@ -10,38 +10,31 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import sympy
-
-from specgrow.ir import Range, sym
-from specgrow.transforms.common import Grown, Segment, grow_tensor, layer_dims, pad, roles_with
+from specgrow.ir import sym
+from specgrow.transforms.common import Grown, duplicate_segments, grow_tensor, layer_dims, pad, roles_with
 
 p, dp = sym("p"), sym("dp")
-HALF = sympy.Rational(1, 2)
 
 
 def compile_step(step, shape, ctx):
     edits, layers = [], list(shape.layers)
     for i in step.layers:
-        dims = dict(layer_dims(shape, i), dp=step.to - shape.layers[i].mlp)
+        old = shape.layers[i].mlp
+        dims = dict(layer_dims(shape, i), dp=step.to - old)
+        added = p if step.to == 2 * old else dp
         for role in roles_with(shape, i, "mlp"):
-            grow = {"mlp": (p + dp, _segments(step, role))}
+            grow = {"mlp": (p + added, _segments(step, role, added))}
             edits.append(grow_tensor(ctx, shape, role, i, grow, dims, noise_std=step.noise))
         layers[i] = replace(layers[i], mlp=step.to)
     return Grown(tuple(edits), shape.with_layers(layers))
 
 
-def _segments(step, role):
+def _segments(step, role, added):
     if step.method == "duplicate":
-        if role == "mlp.down.weight":  # fan-out: split between the two copies
-            return (
-                Segment(Range(0, dp), Range(0, dp), scale=HALF, noise=(0, 1)),
-                Segment(Range(dp, p), Range(dp, p)),
-                Segment(Range(p, p + dp), Range(0, dp), scale=HALF, noise=(0, -1)),
-            )
-        return (Segment(Range(0, p), Range(0, p)), Segment(Range(p, p + dp), Range(0, dp)))
+        return duplicate_segments(p, added, fan_out=role == "mlp.down.weight")
     fill = {
         "mlp.up.weight": "w_in", "mlp.gate.weight": "w_gate",
         "mlp.up.bias": "b_in", "mlp.gate.bias": "b_in", "mlp.down.weight": "w_out",
     }[role]
-    return pad(p, p + dp, fill)
+    return pad(p, p + added, fill)
 

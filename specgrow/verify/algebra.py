@@ -27,6 +27,7 @@ relu(x*W)*V
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import sympy as sp
@@ -45,6 +46,12 @@ FUNCTIONS = {
     "gelu": _TANH_FREE_GELU,
     "silu": sp.Lambda(_T, _T / (1 + sp.exp(-_T))),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def _at_zero(fn: sp.Lambda):
+    """f(0), simplified: the side condition of ``zero_elementwise``."""
+    return sp.simplify(fn(0))
 
 
 def elementwise_fn(name: str) -> sp.Lambda:
@@ -93,7 +100,7 @@ def r_elementwise(e, trace):
         trace.rule("elementwise")
         return _grid(e.expr, lambda b, i, j: EAF(e.function, b))
     if isinstance(e.expr, ZeroMatrix):
-        if sp.simplify(e.function(0)) == 0:
+        if _at_zero(e.function) == 0:
             trace.rule("zero_elementwise (f(0)=0)")
             return ZeroMatrix(*e.shape)
         trace.rule("const_elementwise")
@@ -150,6 +157,9 @@ def r_matmul(e, trace):
         if out != e:
             trace.rule("block_matmul")
             return out
+    elif any(isinstance(m, MatAdd) for m in mats):
+        trace.rule("distribute")
+        return e.expand().doit()
     return e
 
 

@@ -42,7 +42,7 @@ class Seg:
 
     @property
     def size(self):
-        return sp.simplify((self.stop - self.start) / self.step)
+        return sp.expand((self.stop - self.start) / self.step)
 
     @property
     def count(self) -> int:
@@ -81,14 +81,31 @@ def _seg(rng, env) -> Seg:
     return Seg(sp.sympify(rng.start), sp.sympify(rng.stop), sp.sympify(rng.step), lo, hi, stride)
 
 
-def _order(points, env):
-    """Distinct cut points sorted by value; ties kept apart (their sizes are symbolic)."""
+def _order(points, env, before=()):
+    """Distinct cut points sorted by value; ties ordered by the reads' ``start <= stop``.
+
+    Tied points stay apart: their difference is a symbolic size that is 0 here.
+    """
     unique = []
     for p in points:
         p = sp.sympify(p)
-        if not any(sp.simplify(p - q) == 0 for q in unique):
+        if not any(sp.expand(p - q) == 0 for q in unique):
             unique.append(p)
-    return sorted(unique, key=lambda p: (int(p.xreplace(env)), sp.count_ops(p), sp.default_sort_key(p)))
+    value = {p: int(p.xreplace(env)) for p in unique}
+    ordered = []
+    pending = sorted(unique, key=lambda p: (value[p], sp.default_sort_key(p)))
+    while pending:
+        tied = [p for p in pending if value[p] == value[pending[0]]]
+        ready = [p for p in tied if not any(
+            _same(b, p) and _same(a, q) for a, b in before for q in tied if q is not p)]
+        choice = (ready or tied)[0]
+        ordered.append(choice)
+        pending.remove(choice)
+    return ordered
+
+
+def _same(a, b) -> bool:
+    return sp.expand(a - b) == 0
 
 
 def symbolize(edit, name: str, old_shape_sym=None) -> Symbolic:
@@ -107,13 +124,15 @@ def symbolize(edit, name: str, old_shape_sym=None) -> Symbolic:
     for a in range(ndim):
         heads = per_head[a]
         points = [sp.Integer(0), _old_axis_size(edit, a, heads)]
+        reads = []
         for b in edit.blocks:
             if isinstance(b.source, Old):
                 sel = _inner(b.source.index[a])
                 if sp.sympify(sel.step) != 1:
                     raise Stuck(f"{name}: strided read of the old tensor")
                 points += [sel.start, sel.stop]
-        cuts.append(_order(points, env))
+                reads.append((sp.sympify(sel.start), sp.sympify(sel.stop)))
+        cuts.append(_order(points, env, reads))
     # new segments per axis, refined at old cuts inside each read
     segs = []
     for a in range(ndim):
@@ -172,7 +191,7 @@ def _grid(axes):
 def _pieces(name, cuts, env):
     pieces = {}
     for index in _grid([range(len(c) - 1) for c in cuts]):
-        sizes = [sp.simplify(cuts[a][i + 1] - cuts[a][i]) for a, i in enumerate(index)]
+        sizes = [sp.expand(cuts[a][i + 1] - cuts[a][i]) for a, i in enumerate(index)]
         label = ",".join(f"{cuts[a][i]}:{cuts[a][i + 1]}" for a, i in enumerate(index))
         dims = sizes if len(sizes) == 2 else [1, sizes[0]]
         pieces[index] = MatrixSymbol(f"{name}[{label}]", *dims)

@@ -53,7 +53,7 @@ class RMSNorm(_Op):
     """Row-wise ``x * g / sqrt(mean(x^2) + eps)`` (n, w) with gain g (1, w)."""
 
     def __new__(cls, x, g, eps):
-        return MatrixExpr.__new__(cls, x, g, sp.simplify(sp.sympify(eps)))
+        return MatrixExpr.__new__(cls, x, g, sp.factor(sp.sympify(eps)))
 
     @property
     def shape(self):
@@ -64,7 +64,7 @@ class LayerNorm(_Op):
     """Row-wise ``(x - mean) * g / sqrt(var + eps) + b``."""
 
     def __new__(cls, x, g, b, eps):
-        return MatrixExpr.__new__(cls, x, g, b, sp.simplify(sp.sympify(eps)))
+        return MatrixExpr.__new__(cls, x, g, b, sp.factor(sp.sympify(eps)))
 
     @property
     def shape(self):
@@ -79,12 +79,13 @@ class Heads(_Op):
     """
 
     def __new__(cls, q, k, v, key, value, scale, rope):
-        return MatrixExpr.__new__(cls, q, k, v, *map(sp.sympify, (key, value, scale, rope)))
+        obj = MatrixExpr.__new__(cls, q, k, v, *map(sp.sympify, (key, value, scale, rope)))
+        obj._shape = (q.shape[0], sp.cancel(q.shape[1] / sp.sympify(key) * sp.sympify(value)))
+        return obj
 
     @property
     def shape(self):
-        q, _, v, key, value = self.args[:5]
-        return (q.shape[0], sp.simplify(q.shape[1] / key * value))
+        return self._shape
 
 
 class Softmax(_Op):
@@ -124,7 +125,7 @@ def r_rmsnorm(e, trace):
         if len(live) == 1:
             i = live[0]
             width, total = xs[i].shape[1], x.shape[1]
-            ratio = sp.simplify(total / width)
+            ratio = sp.cancel(total / width)
             trace.lemma("rms_pad")
             blocks = [ZeroMatrix(*b.shape) for b in xs]
             blocks[i] = sp.sqrt(ratio) * RMSNorm(xs[i], gs[i], eps * ratio)
@@ -157,11 +158,11 @@ def r_heads(e, trace):
     qs, ks, vs = list(q.blocks), list(k.blocks), list(v.blocks)
     if not (len(qs) == len(ks) == len(vs) > 1):
         return e
-    ratio = sp.simplify(q.shape[1] / k.shape[1])
+    ratio = sp.cancel(q.shape[1] / k.shape[1])
     for qb, kb, vb in zip(qs, ks, vs):
-        if sp.simplify(qb.shape[1] / kb.shape[1] - ratio) != 0:
+        if sp.cancel(qb.shape[1] / kb.shape[1] - ratio) != 0:
             return e
-        if sp.simplify(kb.shape[1] / key - vb.shape[1] / value) != 0:
+        if sp.cancel(kb.shape[1] / key - vb.shape[1] / value) != 0:
             return e
     trace.lemma("gqa_split")
     return BlockMatrix([[Heads(qb, kb, vb, key, value, scale, rope) for qb, kb, vb in zip(qs, ks, vs)]])

@@ -96,7 +96,7 @@ def prove_step(step_plan, step, eps_value):
                            lambda: S.embedding(w, lift), _key("embedding", before, globals_, kind)))
     out.append(_obligation(step_plan.index, "final norm + unembedding", (), "head'(lift(x)) = head(x)",
                            lambda: _eps(S.head(w, lift(x), x, eps_new), eps_old),
-                           _key("head", before, globals_, kind, eps_value)))
+                           _key("head", before, globals_, kind, eps_value, eps_new)))
     groups: dict = {}
     for layer in range(len(after.layers)):
         edits = by_layer.get(layer, {})
