@@ -1,0 +1,135 @@
+"""The prover's lemmas (`specgrow.verify.ops`): proved at index level with Sum/Indexed, and
+checked numerically against the reference model's own operators (fp32, atol = rtol = 1e-5)."""
+
+from __future__ import annotations
+
+import sympy as sp
+import torch
+
+from specgrow.models.reference import Norm, rope
+
+i, j, c, t = sp.symbols("i j c t", integer=True, nonnegative=True)
+w, d, m, r, b, k = sp.symbols("w d m r b k", integer=True, positive=True)
+eps, theta = sp.symbols("epsilon theta", positive=True)
+x, g = sp.IndexedBase("x", real=True), sp.IndexedBase("g", real=True)
+S = sp.Sum(x[i] ** 2, (i, 0, w - 1))
+
+
+def close(a, b):
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_rms_pad_index_level():
+    """RMSNorm over [x, 0] (width w + d) = sqrt((w+d)/w) * RMSNorm(x, g, eps*(w+d)/w), new dims 0."""
+    padded = sp.Piecewise((x[i] ** 2, i < w), (0, True))
+    tail = sp.Sum(padded.subs(i, w + t), (t, 0, d - 1)).doit()
+    assert tail == 0
+    total = S + tail  # sum of squares of [x, 0] over i < w + d
+    lhs = x[j] * g[j] / sp.sqrt(total / (w + d) + eps)
+    rhs = sp.sqrt((w + d) / w) * x[j] * g[j] / sp.sqrt(S / w + eps * (w + d) / w)
+    assert sp.simplify(lhs / rhs) == 1
+
+
+def test_rms_pad_numeric():
+    width, extra, e = 6, 3, 1e-2
+    norm_old, norm_new = Norm(width, "rmsnorm", e * (width + extra) / width), Norm(width + extra, "rmsnorm", e)
+    xs = torch.randn(4, width)
+    with torch.no_grad():
+        norm_new.weight[:width] = norm_old.weight.normal_()
+        padded = torch.cat([xs, torch.zeros(4, extra)], dim=-1)
+        out = norm_new(padded)
+        close(out[:, :width], ((width + extra) / width) ** 0.5 * norm_old(xs))
+        close(out[:, width:], torch.zeros(4, extra))
+
+
+def test_norm_copies_index_level():
+    """Mean, mean of squares and variance of m copies of x equal those of x.
+
+    Entry ``c*w + i`` of the copies is ``x[i]``; summing over the copy index c first gives m*x[i].
+    """
+    mu = sp.Symbol("mu")
+    for term in (x[i], x[i] ** 2, (x[i] - mu) ** 2):
+        over_copies = sp.Sum(sp.Sum(term, (c, 0, m - 1)).doit(), (i, 0, w - 1)) / (m * w)
+        assert sp.simplify(over_copies - sp.Sum(term, (i, 0, w - 1)) / w) == 0
+
+
+def test_norm_copies_numeric():
+    for kind in ("rmsnorm", "layernorm"):
+        small, big = Norm(5, kind, 1e-2), Norm(15, kind, 1e-2)
+        with torch.no_grad():
+            small.weight.normal_()
+            big.weight.copy_(small.weight.repeat(3))
+            if kind == "layernorm":
+                small.bias.normal_()
+                big.bias.copy_(small.bias.repeat(3))
+            xs = torch.randn(2, 5)
+            close(big(xs.repeat(1, 3)), small(xs).repeat(1, 3))
+
+
+def test_layernorm_zero_pad_has_no_exact_lift():
+    """The mean over [x, 0] is (w/(w+d)) mean(x): no gain or eps rescale restores it."""
+    mean_pad = (sp.Sum(x[i], (i, 0, w - 1)) + 0) / (w + d)
+    assert sp.simplify(mean_pad - sp.Sum(x[i], (i, 0, w - 1)) / w) != 0
+    small, big = Norm(4, "layernorm", 1e-5), Norm(6, "layernorm", 1e-5)
+    xs = torch.randn(3, 4)
+    with torch.no_grad():
+        out = big(torch.cat([xs, torch.zeros(3, 2)], dim=-1))[:, :4]
+    assert (out - small(xs)).abs().max() > 1e-2
+
+
+def test_gain_linear():
+    lhs = x[j] * (sp.Symbol("a") * g[j]) / sp.sqrt(S / w + eps)
+    assert sp.simplify(lhs - sp.Symbol("a") * (x[j] * g[j] / sp.sqrt(S / w + eps))) == 0
+
+
+def test_gqa_split_index_level():
+    """Query head a + t (a = r*b) reads kv head b + t // r: the second block's own numbering."""
+    assert sp.simplify(sp.floor((r * b + t) / r) - (b + sp.floor(t / r))) == 0
+
+
+def test_gqa_split_numeric():
+    from specgrow.models.reference import Attention
+    from specgrow.shape import LayerShape
+
+    full = Attention(8, LayerShape(mlp=4, heads=6, kv_heads=3, key=4, value=2), False, "rope", 100.0)
+    first = Attention(8, LayerShape(mlp=4, heads=2, kv_heads=1, key=4, value=2), False, "rope", 100.0)
+    rest = Attention(8, LayerShape(mlp=4, heads=4, kv_heads=2, key=4, value=2), False, "rope", 100.0)
+    with torch.no_grad():
+        first.q.weight.copy_(full.q.weight[:8]), rest.q.weight.copy_(full.q.weight[8:])
+        first.k.weight.copy_(full.k.weight[:4]), rest.k.weight.copy_(full.k.weight[4:])
+        first.v.weight.copy_(full.v.weight[:2]), rest.v.weight.copy_(full.v.weight[2:])
+        first.o.weight.copy_(full.o.weight[:, :4]), rest.o.weight.copy_(full.o.weight[:, 4:])
+        xs = torch.randn(2, 5, 8)
+        close(full(xs), first(xs) + rest(xs))  # Heads([a, b]) o = Heads(a) o_a + Heads(b) o_b
+
+
+def test_rope_interleave_keeps_frequencies_index_level():
+    """Old pair i at new pair m*i of a head m times wider: same frequency, still a pair."""
+    new_width = m * k
+    assert sp.simplify(theta ** (-2 * (m * i) / new_width) - theta ** (-2 * i / k)) == 0
+    assert sp.simplify((new_width / 2 + m * i) - (m * i) - new_width / 2) == 0
+    # appending instead moves pair i to frequency theta^(-2i/(k+d)) and breaks the pairing
+    assert sp.simplify(theta ** (-2 * i / (k + d)) - theta ** (-2 * i / k)) != 0
+
+
+def test_rope_interleave_numeric():
+    width, factor = 8, 3
+    q, kk = torch.randn(1, 1, 6, width), torch.randn(1, 1, 6, width)
+    old = rope(q, 500.0) @ rope(kk, 500.0).transpose(-1, -2)
+
+    def place(vec):
+        out = torch.zeros(1, 1, 6, width * factor)
+        half, new_half = width // 2, width * factor // 2
+        out[..., 0:new_half:factor] = vec[..., :half]
+        out[..., new_half::factor] = vec[..., half:]
+        return out
+
+    q_new = place(q) + torch.where(place(torch.ones_like(q)) == 0, torch.randn(1, 1, 6, width * factor), 0.0)
+    new = rope(q_new, 500.0) @ rope(place(kk), 500.0).transpose(-1, -2)
+    close(new, old)
+
+
+def test_rope_linear_numeric():
+    xs = torch.randn(1, 2, 5, 6)
+    close(rope(2.5 * xs, 1e4), 2.5 * rope(xs, 1e4))
+    close(rope(torch.zeros_like(xs), 1e4), torch.zeros_like(xs))
