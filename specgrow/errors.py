@@ -37,3 +37,7 @@ class CheckpointError(SpecgrowError):
 
 class NumericCheckError(SpecgrowError):
     """The grown model's logits differ from the original's beyond tolerance (exit 1)."""
+
+
+class UnprovedError(SpecgrowError):
+    """The spec is not PROVED, so ``apply`` refuses it (exit 1)."""

@@ -41,8 +41,9 @@ def test_apply_six_writes_checked_output(tmp_path, capsys):
     out = tmp_path / "grown"
     code, stdout, err = run(["apply", SIX, "--output", str(out)], capsys)
     assert code == 0, err
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "specgrow-manifest.json"]
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "proof.md", "specgrow-manifest.json"]
     manifest = json.loads((out / "specgrow-manifest.json").read_text())
+    assert manifest["proof"]["verdict"] == "PROVED"
     assert manifest["numeric_check"]["passed"] is True
     assert manifest["numeric_check"]["max_abs_diff"] <= 1e-4
     assert manifest["spec"]["sha256"] == load_spec(SIX).sha256
@@ -73,7 +74,20 @@ def test_existing_output_is_refused_then_overwritten(tmp_path, capsys):
     assert "keep.txt" not in os.listdir(out)
 
 
-def test_failed_numeric_check_is_located_and_writes_nothing(tmp_path, capsys):
+def test_refuted_spec_is_refused_located_and_writes_nothing(tmp_path, capsys):
+    spec = write_spec(tmp_path, [{"mlp": {"to": 48}}, {"mlp": {"to": 64, "init": {"w_out": {"normal": 1.0}}}}])
+    out = tmp_path / "grown"
+    code, _, err = run(["apply", spec, "-o", str(out)], capsys)
+    assert code == 1 and ERROR_LINE.match(err), err
+    assert re.search(r"spec\.yaml:\d+:\d+: error: steps\[1\] \(mlp\) REFUTED", err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_failed_numeric_check_is_located_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """Even if a (wrongly) PROVED spec reached it, the numeric check stops a changed model."""
+    from tests.test_report import fake_prover
+
+    monkeypatch.setattr("specgrow.verify.prover.prove_spec", fake_prover())
     spec = write_spec(tmp_path, [{"mlp": {"to": 48}}, {"mlp": {"to": 64, "init": {"w_out": {"normal": 1.0}}}}])
     out = tmp_path / "grown"
     code, _, err = run(["apply", spec, "-o", str(out)], capsys)
@@ -82,7 +96,7 @@ def test_failed_numeric_check_is_located_and_writes_nothing(tmp_path, capsys):
     assert re.search(r"spec\.yaml:\d+:\d+: error: steps\[1\] \(mlp\) changes the function", err)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
     code, stdout, _ = run(["apply", spec, "-o", str(out), "--allow-unproved"], capsys)
-    assert code == 0 and "warning: steps[1] (mlp) changes the function" in stdout
+    assert code == 0 and "warning: steps[1] (mlp) changes the function" in stdout, stdout
     manifest = json.loads((out / "specgrow-manifest.json").read_text())
     assert manifest["numeric_check"]["passed"] is False
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from specgrow import __version__
-from specgrow.errors import InputError, NumericCheckError, SpecError, SpecgrowError
+from specgrow.errors import InputError, NumericCheckError, SpecError, SpecgrowError, UnprovedError
 from specgrow.lower.checkpoint import (
     MODEL_FILE, atomic_directory, check_shapes, load_state, resolve_input, sha256_file,
 )
@@ -29,10 +29,6 @@ from specgrow.shape import ModelShape, tensor_name
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MANIFEST = "specgrow-manifest.json"
 CERTIFICATE = "proof.md"
-
-
-class UnprovedError(SpecgrowError):
-    """The spec is not PROVED, so apply refuses it (exit 1)."""
 
 
 @dataclass(frozen=True)
