@@ -34,18 +34,23 @@ VERDICTS: Counter = Counter()  # prover verdicts over every example run
 NUMERIC: Counter = Counter()  # "kept" / "changed": the generator's mix, seen numerically
 UNKNOWN_SPECS: list[str] = []
 
-INITS = st.one_of(
-    st.just("zeros"), st.just("ones"),
+RANDOM = st.one_of(
     st.builds(lambda s: {"normal": s}, st.sampled_from([0.3, 0.5, 1.0])),
     st.builds(lambda a: {"uniform": a}, st.sampled_from([0.5, 1.0])),
     st.builds(lambda f: {"like_old": f}, st.sampled_from([0.5, 1.0, 2.0])),
 )
+INITS = st.one_of(st.just("zeros"), st.just("ones"), RANDOM)
+# Under LayerNorm with a final norm, `ones` rows of an output projection add c * [1, ..., 1]
+# to the stream, which every later reader's mean subtraction removes: the function is kept,
+# but no per-sublayer invariant shows it, so the prover honestly answers UNKNOWN. Left out.
+SHIFT_ONLY = {"o", "w_out"}
 
 
-def overrides(draw, roles):
+def overrides(draw, roles, shift_invariant=False):
     """Random inits for a nonempty random subset of ``roles``."""
     chosen = draw(st.lists(st.sampled_from(roles), min_size=1, max_size=len(roles), unique=True))
-    return {"init": {role: draw(INITS) for role in chosen}}
+    return {"init": {role: draw(st.one_of(st.just("zeros"), RANDOM) if shift_invariant and role in SHIFT_ONLY
+                                else INITS) for role in chosen}}
 
 
 @st.composite
@@ -66,6 +71,7 @@ def specs(draw):
     layers = [dict(mlp=dims["mlp"], heads=kv * ratio, key=key, value=dims["value"]) for _ in range(dims["layers"])]
     mlp_roles = ["w_in", "w_out"] + ["b_in"] * model["bias"] + ["w_gate"] * (activation == "swiglu")
     hidden_roles = ["embed", "read", "write", "gain", "bias"] + ["pos"] * (position == "learned")
+    shift = norm == "layernorm" and model["final_norm"]
     steps = []
     for _ in range(draw(st.integers(1, 6))):
         kind = draw(st.sampled_from(["mlp", "heads", "value", "key", "hidden", "layers"]))
@@ -80,7 +86,7 @@ def specs(draw):
                 continue
             step = {"to": to, **subset}
             if bad:
-                step.update(overrides(draw, mlp_roles if kind == "mlp" else ["v", "o"]))
+                step.update(overrides(draw, mlp_roles if kind == "mlp" else ["v", "o"], shift))
             elif kind == "mlp" and to <= 2 * min(s["mlp"] for s in sel) and draw(st.booleans()):
                 step.update(method="duplicate", noise=draw(st.sampled_from([0.0, 0.1])))
             for s in sel:
@@ -91,7 +97,7 @@ def specs(draw):
                 continue
             step = {"add": add, **subset}
             if bad:
-                step.update(overrides(draw, ["q", "k", "v", "o"]))
+                step.update(overrides(draw, ["q", "k", "v", "o"], shift))
             elif add <= min(s["heads"] for s in sel) and draw(st.booleans()):
                 step.update(method="duplicate", noise=draw(st.sampled_from([0.0, 0.1])))
             for s in sel:
@@ -138,7 +144,7 @@ def specs(draw):
             at = draw(st.integers(0, len(layers)))
             step = {"add": 1, "at": at}
             if bad:
-                step.update(overrides(draw, ["o", "w_out", "rest"]))
+                step.update(overrides(draw, ["o", "w_out", "rest"], shift))
             elif draw(st.booleans()):
                 step["init"] = {"rest": draw(INITS)}
             layers[at:at] = [dict(layers[max(at - 1, 0)])]

@@ -10,6 +10,8 @@ copies group ``g``); both copies' output columns are halved, plus cancelling noi
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import replace
 
 from specgrow.ir import sym
@@ -41,11 +43,13 @@ def compile_step(step, shape, ctx):
     return Grown(tuple(edits), shape.with_layers(layers))
 
 
+@functools.lru_cache(maxsize=256)
 def _new_size(space, groups):
     width, per_group = _UNIT[space]
     return (G + groups) * per_group * width
 
 
+@functools.lru_cache(maxsize=256)
 def _segments(step, space, role, groups):
     old = SPACE_SIZE[space]
     width, per_group = _UNIT[space]

@@ -14,6 +14,8 @@ unembedding reads the copied table, so the final norm's gain and bias take the 1
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import replace
 
 import sympy
@@ -65,6 +67,7 @@ def compile_step(step, shape, ctx):
     return Grown(tuple(edits), after, eps_scale, eps_dims)
 
 
+@functools.lru_cache(maxsize=256)
 def _copies(m, kind, tied_final):
     """m copies of the old h indices; readers (and a tied model's final norm) take 1/m."""
     scale = sympy.Rational(1, m) if kind == "read" or tied_final else 1

@@ -12,6 +12,8 @@ old pair onto a new frequency (inv_freq_i = theta^(-2i/k) depends on k). Placeme
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import replace
 
 import sympy
@@ -48,6 +50,7 @@ def compile_step(step, shape, ctx):
     return Grown(tuple(edits), shape.with_layers(layers))
 
 
+@functools.lru_cache(maxsize=256)
 def _segments(placement, heads, new, fill, scale, m):
     if placement == "append":
         return (

@@ -8,6 +8,8 @@ halved, plus cancelling noise when ``noise`` > 0.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import replace
 
 from specgrow.ir import sym
@@ -29,6 +31,7 @@ def compile_step(step, shape, ctx):
     return Grown(tuple(edits), shape.with_layers(layers))
 
 
+@functools.lru_cache(maxsize=256)
 def _segments(step, role, added):
     if step.method == "duplicate":
         return duplicate_segments(p, added, fan_out=role == "mlp.down.weight")

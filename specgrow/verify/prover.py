@@ -94,19 +94,21 @@ def prove_step(step_plan, step, eps_value):
     w = S.Weights(before, globals_, None)
     if globals_ or kind != "same":  # otherwise embedding and head are untouched: nothing to prove
         out.append(_obligation(step_plan.index, "embedding", (), "embed'(t) = lift(embed(t))",
-                               lambda: S.embedding(w, lift), _key("embedding", before, globals_, kind)))
+                               lambda: S.embedding(w, lift), _key("embedding", _flags(before), globals_, kind)))
         out.append(_obligation(step_plan.index, "final norm + unembedding", (), "head'(lift(x)) = head(x)",
                                lambda: _eps(S.head(w, lift(x), x, eps_new), eps_old),
-                               _key("head", before, globals_, kind, eps_value, eps_new)))
+                               _key("head", _flags(before), globals_, kind, eps_value, eps_new)))
     groups: dict = {}
     for layer in range(len(after.layers)):
         edits = by_layer.get(layer, {})
         if edits and all(e.source is None for e in edits.values()):
-            groups.setdefault(("new", _key("new", before, edits)), []).append((layer, edits))
+            groups.setdefault(("new", _key("new", _flags(before), edits)), []).append((layer, edits))
         elif edits and all(e.is_identity() for e in edits.values()):
             continue  # a moved layer: every tensor copied unchanged
         elif edits or kind != "same":
-            groups.setdefault(("grown", _key("grown", before, edits, kind, eps_value)), []).append((layer, edits))
+            old = before.layers[_old_index(edits, layer)]
+            groups.setdefault(("grown", _key("grown", _flags(before), old, edits, kind, eps_value)),
+                              []).append((layer, edits))
     for (what, _), members in groups.items():
         layer, edits = members[0]
         layers = tuple(m[0] for m in members)
@@ -144,7 +146,7 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
             _obligation(index, "mlp (new layer)", layers, "mlp'(x) = 0",
                         lambda: zero(S.mlp(w, x, x, eps_new)), None),
         ]
-    key = _key("layer", shape, edits, per_head)
+    key = _key("layer", _flags(shape), s_before, edits, per_head)
     results = []
     lifted = lift(x) is not x
     touches = lambda prefix: lifted or any(r.startswith(prefix) for r in edits)  # noqa: E731
@@ -199,6 +201,11 @@ def _eps(pair, eps_old):
     if eps_old == 0:
         new, old = new.xreplace({S.EPS: 0}), old.xreplace({S.EPS: 0})
     return new, old
+
+
+def _flags(shape):
+    """What a proof depends on besides one layer's widths: the model's global semantics."""
+    return dataclasses.replace(shape, layers=())
 
 
 def _key(*parts):
