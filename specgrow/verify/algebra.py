@@ -31,13 +31,11 @@ import functools
 from collections import Counter
 
 import sympy as sp
-from sympy import BlockMatrix, HadamardProduct, MatAdd, MatMul, MatrixExpr, OneMatrix, ZeroMatrix
+from sympy import BlockMatrix, HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, OneMatrix, ZeroMatrix
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction as EAF
 from sympy.matrices.expressions.blockmatrix import bc_matadd, bc_matmul, bc_transpose, bc_unpack, deblock
 from sympy.matrices.expressions.transpose import Transpose
 from sympy.strategies import exhaust
-from sympy.strategies.traverse import bottom_up
-from sympy.strategies.util import expr_fns
 
 _T = sp.Symbol("t")
 _TANH_FREE_GELU = sp.Lambda(_T, _T * (1 + sp.erf(_T / sp.sqrt(2))) / 2)
@@ -195,6 +193,9 @@ def r_unpack(e, trace):
     return out
 
 
+_LEAVES = (MatrixSymbol, ZeroMatrix, OneMatrix)
+
+
 def collapse(expr, trace: Trace, extra=None):
     """Rewrite ``expr`` bottom-up to a fixed point with the block rules (and ``extra``)."""
     table = {
@@ -206,13 +207,28 @@ def collapse(expr, trace: Trace, extra=None):
     def step(e):
         for kind, rule in table.items():
             if isinstance(e, kind):
-                e = rule(e, trace)
-                break
-        if isinstance(e, (MatAdd, MatMul)):
-            e = e.doit(deep=False)
+                out = rule(e, trace)
+                if out is not e and out != e:
+                    return out.doit(deep=False) if isinstance(out, (MatAdd, MatMul)) else out
+                return e
         return e
 
-    result = exhaust(bottom_up(exhaust(step), fns=expr_fns))(expr)
+    def walk(e):
+        """Bottom-up: rebuild a node only when one of its matrix arguments changed."""
+        if isinstance(e, BlockMatrix):
+            blocks = e.blocks
+            new = [[walk(blocks[i, j]) for j in range(blocks.shape[1])] for i in range(blocks.shape[0])]
+            if any(new[i][j] is not blocks[i, j] for i in range(blocks.shape[0]) for j in range(blocks.shape[1])):
+                e = BlockMatrix(new)
+        elif isinstance(e, MatrixExpr) and not isinstance(e, _LEAVES):
+            args = [walk(a) if isinstance(a, MatrixExpr) else a for a in e.args]
+            if any(a is not b for a, b in zip(args, e.args)):
+                e = e.func(*args)
+                if isinstance(e, (MatAdd, MatMul)):
+                    e = e.doit(deep=False)
+        return exhaust(step)(e)
+
+    result = exhaust(walk)(expr)
     if isinstance(result, MatrixExpr):
         result = result.doit()
         if isinstance(result, (MatAdd, MatMul)):
