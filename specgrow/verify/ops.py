@@ -18,8 +18,16 @@ uses these identities (each proved at index level and checked numerically in
 
 from __future__ import annotations
 
+import functools
+
 import sympy as sp
 from sympy import BlockMatrix, MatAdd, MatMul, MatrixExpr, ZeroMatrix
+
+
+@functools.lru_cache(maxsize=1024)
+def _eps(value):
+    """A canonical form of an epsilon expression, so equal eps compare equal."""
+    return sp.factor(sp.sympify(value))
 
 
 def _split_scalar(m):
@@ -42,7 +50,9 @@ class _Op(MatrixExpr):
 
     def doit(self, **hints):
         if hints.get("deep", True):
-            return type(self)(*[a.doit(**hints) if hasattr(a, "doit") else a for a in self.args])
+            args = [a.doit(**hints) if isinstance(a, MatrixExpr) else a for a in self.args]
+            if any(a is not b for a, b in zip(args, self.args)):
+                return type(self)(*args)
         return self
 
     def _eval_transpose(self):
@@ -53,7 +63,7 @@ class RMSNorm(_Op):
     """Row-wise ``x * g / sqrt(mean(x^2) + eps)`` (n, w) with gain g (1, w)."""
 
     def __new__(cls, x, g, eps):
-        return MatrixExpr.__new__(cls, x, g, sp.factor(sp.sympify(eps)))
+        return MatrixExpr.__new__(cls, x, g, _eps(eps))
 
     @property
     def shape(self):
@@ -64,7 +74,7 @@ class LayerNorm(_Op):
     """Row-wise ``(x - mean) * g / sqrt(var + eps) + b``."""
 
     def __new__(cls, x, g, b, eps):
-        return MatrixExpr.__new__(cls, x, g, b, sp.factor(sp.sympify(eps)))
+        return MatrixExpr.__new__(cls, x, g, b, _eps(eps))
 
     @property
     def shape(self):
