@@ -17,6 +17,8 @@ Matrices are returned transposed (``[in, out]``) so that a layer reads ``x * W``
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import sympy as sp
@@ -77,6 +79,12 @@ def _inner(sel):
 
 
 def _seg(rng, env) -> Seg:
+    return _seg_at(rng, tuple(env.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _seg_at(rng, env) -> Seg:
+    env = dict(env)
     lo, hi, stride = (int(sp.sympify(v).xreplace(env)) for v in (rng.start, rng.stop, rng.step))
     return Seg(sp.sympify(rng.start), sp.sympify(rng.stop), sp.sympify(rng.step), lo, hi, stride)
 

@@ -30,6 +30,12 @@ def _eps(value):
     return sp.factor(sp.sympify(value))
 
 
+@functools.lru_cache(maxsize=1024)
+def _columns(query_columns, key, value):
+    """Output columns of a block of heads: (query columns / key width) heads of width value."""
+    return sp.cancel(query_columns / key * value)
+
+
 def _split_scalar(m):
     """(c, M) with m = c * M (a common factor of a sum's terms too)."""
     if isinstance(m, MatAdd):
@@ -90,7 +96,7 @@ class Heads(_Op):
 
     def __new__(cls, q, k, v, key, value, scale, rope):
         obj = MatrixExpr.__new__(cls, q, k, v, *map(sp.sympify, (key, value, scale, rope)))
-        obj._shape = (q.shape[0], sp.cancel(q.shape[1] / sp.sympify(key) * sp.sympify(value)))
+        obj._shape = (q.shape[0], _columns(q.shape[1], sp.sympify(key), sp.sympify(value)))
         return obj
 
     @property

@@ -18,7 +18,7 @@ import time
 import sympy as sp
 from sympy import BlockMatrix, MatAdd, MatMul, MatrixSymbol, ZeroMatrix
 
-from specgrow.ir import Random
+from specgrow.ir import Old, Random
 from specgrow.transforms import compile_spec
 from specgrow.verify import sublayers as S
 from specgrow.verify.algebra import Trace, collapse
@@ -210,24 +210,30 @@ def _flags(shape):
 
 def _key(*parts):
     """A cache key: the structure of the edits (roles, shapes, blocks; not seeds or layers)."""
-    def strip(edit):
-        blocks = tuple(dataclasses.replace(b, source=_unseeded(b.source)) for b in edit.blocks)
-        return (edit.role, edit.old_shape, edit.new_shape, blocks, edit.dims)
-
     out = []
     for p in parts:
         if isinstance(p, dict):
-            out.append(tuple(sorted((r, strip(e)) for r, e in p.items())))
+            out.append(tuple(sorted((role, _structure(e)) for role, e in p.items())))
         else:
-            out.append(repr(p))
+            out.append(p)
     return tuple(out)
 
 
-def _unseeded(source):
+def _structure(edit):
+    """An edit without its layer and seeds; which blocks share a noise seed is kept."""
+    seeds: dict = {}
+    blocks = tuple((b.where, _unseeded(b.source, seeds)) for b in edit.blocks)
+    return edit.old_shape, edit.new_shape, blocks, edit.dims
+
+
+def _unseeded(source, seeds):
     if isinstance(source, Random):
-        return dataclasses.replace(source, seed=0, like=None)
-    if hasattr(source, "noise") and source.noise is not None:
-        return dataclasses.replace(source, noise=dataclasses.replace(source.noise, seed=0))
+        return ("random", source.dist, source.param)
+    if isinstance(source, Old):
+        noise = source.noise
+        if noise is not None:
+            noise = (noise.std, noise.sign, seeds.setdefault(noise.seed, len(seeds)))
+        return ("old", source.index, source.scale, noise)
     return source
 
 
