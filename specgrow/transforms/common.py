@@ -8,6 +8,7 @@ init role). `grow_tensor` turns that per-axis description into the blocks of a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Segment:
     fill: InitRef | None = None
 
 
+@functools.lru_cache(maxsize=256)
 def keep(size: ir.Expr) -> tuple[Segment, ...]:
     return (Segment(Range(0, size), Range(0, size)),)
 
@@ -94,7 +96,8 @@ class Context:
     step: T.Step
 
     def derive_seed(self, *parts) -> int:
-        text = "/".join(str(x) for x in (self.seed, self.step_index, *parts))
+        """A 63-bit seed from the spec seed, the step and ``parts`` (role, layer, block)."""
+        text = f"{self.seed}/{self.step_index}/" + "/".join(map(str, parts))
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
     def source_for(self, fill: InitRef, role: str, layer: int | None, block: int,
