@@ -299,7 +299,7 @@ def _hint(residual, conditions) -> str | None:
     if coefficient is not None:
         return coefficient
     if randoms:
-        return "new slices reach the output: make these zero: " + ", ".join(randoms)
+        return "new slices of these tensors reach the output (zeroing one removes the term): " + ", ".join(randoms)
     return None
 
 
