@@ -165,4 +165,10 @@ CASES: list[tuple[str, bytes, str, int]] = [
      r"^steps\[0\].key.to: position rope needs an even key width, found to: 25$", 6),
     ("interleave-not-multiple", steps("key: {to: 24, placement: interleave}"),
      r"^steps\[0\].key.placement: interleave needs to a multiple of every selected layer's key width", 5),
+    ("interleave-odd-key", b"""specgrow: 1
+model:
+  dims: {hidden: 12, mlp: 24, heads: 4, key: 3, layers: 2, vocab: 16, positions: 8}
+steps:
+  - key: {to: 6, placement: interleave}
+""", r"^steps\[0\].key.placement: interleave places the two halves of each head's key dims, so it needs even", 5),
 ]

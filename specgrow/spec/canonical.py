@@ -145,6 +145,13 @@ class _Checker:
                 "interleave needs to a multiple of every selected layer's key width: "
                 f"layer {i} has key {shape.layers[i].key}, found to: {to}",
             )
+        odd = [i for i in layers if shape.layers[i].key % 2]
+        if placement == "interleave" and odd:
+            raise self.fail(
+                path + ("placement",),
+                "interleave places the two halves of each head's key dims, so it needs even key "
+                f"widths: layer {odd[0]} has key {shape.layers[odd[0]].key}",
+            )
         if placement == "auto":
             placement = "interleave" if rope and not uneven else "append"
         rescale = raw.get("rescale", "k")
