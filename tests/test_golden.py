@@ -75,3 +75,18 @@ def test_golden_verdict(path):
         texts = [getattr(ob, field) or "" for ob in obligations(certificate)]
         assert any(re.search(pattern, text) for text in texts), (
             f"{path.name}: no obligation's {field} matches /{pattern}/; found {texts}")
+
+
+def test_layernorm_constant_shift_is_unknown_not_refuted():
+    """A known incompleteness, answered honestly: under LayerNorm everywhere, new `ones` output
+    rows add c * [1, ..., 1] to the stream, which every later LayerNorm removes. The function is
+    kept, but no per-sublayer invariant shows it: the verdict must be UNKNOWN, never REFUTED."""
+    from specgrow.spec import load_spec_text
+    from specgrow.verify.prover import prove_spec
+    from tests.helpers import max_diff, spec_text
+
+    spec = load_spec_text(spec_text([{"layers": {"add": 1, "init": {"o": "ones"}}}],
+                                     norm="layernorm", activation="silu"))
+    assert max_diff(spec) < 1e-4
+    certificate = prove_spec(spec)
+    assert certificate.verdict.value == "UNKNOWN" and certificate.counterexample is None
