@@ -23,7 +23,6 @@ from specgrow.verify.result import Certificate, Obligation, Verdict
 Outcome = Union[Certificate, SpecgrowError]
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/os/schemas/sarif-schema-2.1.0.json"
-INFORMATION_URI = "https://pypi.org/project/specgrow/"
 VERSIONS_PREFIX = "Versions: "
 RULES = (  # (ruleId, name, description): one SARIF rule per kind of result `check` reports
     ("specgrow/refuted", "Refuted",
@@ -181,7 +180,6 @@ def render_sarif(outcomes: list[Outcome]) -> str:
     driver = {
         "name": "specgrow",
         "version": __version__,
-        "informationUri": INFORMATION_URI,
         "rules": [{"id": rule, "name": name, "shortDescription": {"text": text},
                    "defaultConfiguration": {"level": "error"}} for rule, name, text in RULES],
     }
