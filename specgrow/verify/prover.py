@@ -304,14 +304,15 @@ def _hint(residual, conditions) -> str | None:
 
 
 def _factor_hint(new, target):
-    """For ``new = a*M`` and ``target = b*M``: the factor b/a that one side lacks (e.g. sqrt(k'/k))."""
+    """For ``new = a*M`` and ``target = b*M``: `solve` for the factor t with ``t*a = b``."""
     trace = Trace()
     a, m = _coeff(collapse(new, trace, extra=LEMMAS))
     b, m2 = _coeff(collapse(target, trace, extra=LEMMAS))
     if m == m2 and a != 0:
-        factor = sp.simplify(b / a)
-        if factor != 1:
-            return f"a factor {factor} is missing (e.g. a rescale of the old columns)"
+        t = sp.Symbol("t", positive=True)
+        solution = sp.solve(sp.Eq(t * a, b), t)
+        if solution and sp.simplify(solution[0] - 1) != 0:
+            return f"a factor {sp.simplify(solution[0])} is missing (e.g. a rescale of the old columns)"
     return None
 
 
