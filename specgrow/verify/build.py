@@ -116,8 +116,12 @@ def _same(a, b) -> bool:
     return sp.expand(a - b) == 0
 
 
-def symbolize(edit, name: str, old_shape_sym=None) -> Symbolic:
-    """The symbolic new and old tensors of ``edit`` (per-head view on `Grouped` axes)."""
+def symbolize(edit, name: str, zeros=frozenset()) -> Symbolic:
+    """The symbolic new and old tensors of ``edit`` (per-head view on `Grouped` axes).
+
+    ``zeros``: the (role, layer) of old tensors known to be exactly zero; their pieces are
+    `ZeroMatrix`, and so are ``like_old`` draws around them (zero mean, zero spread).
+    """
     env = _env(edit)
     ndim = len(edit.new_shape)
     old_sizes = tuple(sp.sympify(s) for s in (edit.old_shape or edit.new_shape))
@@ -166,12 +170,12 @@ def symbolize(edit, name: str, old_shape_sym=None) -> Symbolic:
                 axis.append(_seg(Range(lo, hi, s.step), env))
         segs.append(tuple(axis))
     _check_tiling(edit, segs, per_head, env, name)
-    pieces = _pieces(name, cuts, env)
+    pieces = _pieces(name, cuts, env, edit.source in zeros)
     cells, placements = [], []
     for index in _grid(segs):
         cell = [segs[a][i] for a, i in enumerate(index)]
         block = _block_at(edit, cell, env)
-        cells.append(_cell(edit, block, cell, cuts, pieces, env, name, len(cells), placements))
+        cells.append(_cell(edit, block, cell, cuts, pieces, env, name, len(cells), placements, zeros))
     shape = [len(s) for s in segs]
     new = _assemble(cells, shape)
     old = _assemble([pieces[i] for i in _grid([range(len(c) - 1) for c in cuts])],
@@ -196,13 +200,13 @@ def _grid(axes):
     return itertools.product(*[range(len(a)) for a in axes])
 
 
-def _pieces(name, cuts, env):
+def _pieces(name, cuts, env, zero=False):
     pieces = {}
     for index in _grid([range(len(c) - 1) for c in cuts]):
         sizes = [sp.expand(cuts[a][i + 1] - cuts[a][i]) for a, i in enumerate(index)]
         label = ",".join(f"{cuts[a][i]}:{cuts[a][i + 1]}" for a, i in enumerate(index))
         dims = sizes if len(sizes) == 2 else [1, sizes[0]]
-        pieces[index] = MatrixSymbol(f"{name}[{label}]", *dims)
+        pieces[index] = ZeroMatrix(*dims) if zero else MatrixSymbol(f"{name}[{label}]", *dims)
     return pieces
 
 
@@ -228,13 +232,15 @@ def _check_tiling(edit, segs, per_head, env, name):
             raise Stuck(f"{name}: the blocks do not tile axis {a} exactly once")
 
 
-def _cell(edit, block, cell, cuts, pieces, env, name, serial, placements):
+def _cell(edit, block, cell, cuts, pieces, env, name, serial, placements, zeros):
     dims = [c.size for c in cell]
     shape = dims if len(dims) == 2 else [1, dims[0]]
     src = block.source
     if isinstance(src, Const):
         return ZeroMatrix(*shape) if src.value == 0 else sp.nsimplify(src.value) * OneMatrix(*shape)
     if isinstance(src, Random):
+        if src.param == 0 or (src.dist == "like_old" and src.like in zeros):
+            return ZeroMatrix(*shape)  # no spread around a zero mean
         return MatrixSymbol(f"R{serial}:{name}", *shape)
     if not isinstance(src, Old):
         raise Stuck(f"{name}: unknown block source")

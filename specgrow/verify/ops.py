@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 
 import sympy as sp
-from sympy import BlockMatrix, MatAdd, MatMul, MatrixExpr, ZeroMatrix
+from sympy import BlockMatrix, MatAdd, MatMul, MatrixExpr, OneMatrix, ZeroMatrix
 
 
 @functools.lru_cache(maxsize=1024)
@@ -129,6 +129,9 @@ class Rope(_Op):
 # ------------------------------------------------------------------ lemma rules
 def r_rmsnorm(e, trace):
     x, g, eps = e.args
+    if isinstance(g, ZeroMatrix):
+        trace.lemma("zero_gain")
+        return ZeroMatrix(*e.shape)
     c, g0 = _split_scalar(g)
     if c != 1:
         trace.lemma("gain_linear")
@@ -154,6 +157,9 @@ def r_rmsnorm(e, trace):
 
 def r_layernorm(e, trace):
     x, g, b, eps = e.args
+    if isinstance(g, ZeroMatrix):
+        trace.lemma("zero_gain")
+        return ZeroMatrix(*e.shape) if isinstance(b, ZeroMatrix) else OneMatrix(x.shape[0], 1) * b
     cg, g0 = _split_scalar(g)
     cb, b0 = _split_scalar(b)
     if cg != 1 and (cg == cb or isinstance(b, ZeroMatrix)):

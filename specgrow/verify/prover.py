@@ -18,7 +18,7 @@ import time
 import sympy as sp
 from sympy import BlockMatrix, MatAdd, MatMul, MatrixSymbol, ZeroMatrix
 
-from specgrow.ir import Old, Random
+from specgrow.ir import Const, Old, Random
 from specgrow.transforms import compile_spec
 from specgrow.verify import sublayers as S
 from specgrow.verify.algebra import Trace, collapse
@@ -36,8 +36,10 @@ def prove_spec(spec) -> Certificate:
     started = time.perf_counter()
     plan = compile_spec(spec)
     steps, invariants = [], []
+    zeros: frozenset = frozenset()  # tensors earlier steps left exactly zero
     for step_plan, step in zip(plan.steps, spec.steps):
-        obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps)
+        obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps, zeros)
+        zeros = zeros_after(step_plan, zeros)
         mark = spec.step_marks[step_plan.index]
         from specgrow.planview import describe_step
 
@@ -74,7 +76,33 @@ def _versions() -> dict:
 
 
 # ------------------------------------------------------------------ one step
-def prove_step(step_plan, step, eps_value):
+def zeros_after(step_plan, zeros: frozenset) -> frozenset:
+    """The tensors that are exactly zero after a step, whatever the input checkpoint held.
+
+    A tensor is zero when every block of its edit is: a zero constant, a read of a zero tensor
+    (without noise), or random values of zero spread around a zero mean (``like_old`` of a zero
+    tensor, ``normal``/``uniform`` of scale 0). Tensors a step does not touch keep their status.
+    """
+    written = {(e.role, e.layer) for e in step_plan.edits}
+    consumed = {e.source for e in step_plan.edits if e.source is not None}
+    kept = {key for key in zeros if key not in written and key not in consumed}
+    return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if _all_zero(e, zeros)})
+
+
+def _all_zero(edit, zeros) -> bool:
+    for block in edit.blocks:
+        src = block.source
+        if isinstance(src, Const) and src.value == 0:
+            continue
+        if isinstance(src, Old) and edit.source in zeros and (src.noise is None or src.noise.std == 0):
+            continue
+        if isinstance(src, Random) and (src.param == 0 or src.dist == "like_old" and src.like in zeros):
+            continue
+        return False
+    return True
+
+
+def prove_step(step_plan, step, eps_value, zeros=frozenset()):
     before, after = step_plan.before, step_plan.after
     by_layer: dict = {}
     for edit in step_plan.edits:
@@ -91,29 +119,33 @@ def prove_step(step_plan, step, eps_value):
                  "same": "residual stream x"}[kind]
     out = []
     globals_ = by_layer.get(None, {})
-    w = S.Weights(before, globals_, None)
+    w = S.Weights(before, globals_, None, zeros=zeros)
     if globals_ or kind != "same":  # otherwise embedding and head are untouched: nothing to prove
         out.append(_obligation(step_plan.index, "embedding", (), "embed'(t) = lift(embed(t))",
-                               lambda: S.embedding(w, lift), _key("embedding", _flags(before), globals_, kind)))
+                               lambda: S.embedding(w, lift), _key("embedding", _flags(before), globals_, kind, _zero_roles(zeros, None))))
         out.append(_obligation(step_plan.index, "final norm + unembedding", (), "head'(lift(x)) = head(x)",
                                lambda: _eps(S.head(w, lift(x), x, eps_new), eps_old),
-                               _key("head", _flags(before), globals_, kind, eps_value, eps_new)))
+                               _key("head", _flags(before), globals_, kind, eps_value, eps_new, _zero_roles(zeros, None))))
     groups: dict = {}
     for layer in range(len(after.layers)):
         edits = by_layer.get(layer, {})
         if edits and all(e.source is None for e in edits.values()):
-            groups.setdefault(("new", _key("new", _flags(before), edits)), []).append((layer, edits))
+            like = _old_index(edits, layer)
+            groups.setdefault(("new", _key("new", _flags(before), edits, _zero_roles(zeros, like))),
+                              []).append((layer, edits))
         elif edits and all(e.is_identity() for e in edits.values()):
             continue  # a moved layer: every tensor copied unchanged
         elif edits or kind != "same":
             old = before.layers[_old_index(edits, layer)]
-            groups.setdefault(("grown", _key("grown", _flags(before), old, edits, kind, eps_value)),
+            zero_roles = _zero_roles(zeros, _old_index(edits, layer))
+            groups.setdefault(("grown", _key("grown", _flags(before), old, edits, kind, eps_value, zero_roles)),
                               []).append((layer, edits))
     for (what, _), members in groups.items():
         layer, edits = members[0]
         layers = tuple(m[0] for m in members)
         shape_layer = _old_index(edits, layer)
-        out += _layer_obligations(step_plan, what, layers, edits, shape_layer, lift, x, eps_new, eps_old)
+        out += _layer_obligations(step_plan, what, layers, edits, shape_layer, lift, x, eps_new, eps_old,
+                                  zeros)
     return out, invariant
 
 
@@ -126,12 +158,12 @@ def _old_index(edits, layer):
     return layer
 
 
-def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_new, eps_old):
+def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_new, eps_old, zeros):
     before, after = step_plan.before, step_plan.after
     index = step_plan.index
     per_head = S.is_per_head(edits)
     shape = before
-    w = S.Weights(shape, edits, old_layer, per_head=per_head)
+    w = S.Weights(shape, edits, old_layer, per_head=per_head, zeros=zeros)
     s_after = after.layers[layers[0]]
     s_before = before.layers[old_layer] if what == "grown" else s_after
     key_new = S.k * sp.Integer(s_after.key) / s_before.key if per_head else S.k
@@ -146,7 +178,7 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
             _obligation(index, "mlp (new layer)", layers, "mlp'(x) = 0",
                         lambda: zero(S.mlp(w, x, x, eps_new)), None),
         ]
-    key = _key("layer", _flags(shape), s_before, edits, per_head)
+    key = _key("layer", _flags(shape), s_before, edits, per_head, _zero_roles(zeros, old_layer))
     results = []
     lifted = lift(x) is not x
     touches = lambda prefix: lifted or any(r.startswith(prefix) for r in edits)  # noqa: E731
@@ -201,6 +233,10 @@ def _eps(pair, eps_old):
     if eps_old == 0:
         new, old = new.xreplace({S.EPS: 0}), old.xreplace({S.EPS: 0})
     return new, old
+
+
+def _zero_roles(zeros, layer) -> frozenset:
+    return frozenset(role for role, where in zeros if where == layer)
 
 
 def _flags(shape):

@@ -30,8 +30,9 @@ HEAD_SIZE = {"q": k, "k": k, "v": v, "o": v}
 class Weights:
     """The symbolic weights of one layer (or the global tensors) for one step."""
 
-    def __init__(self, shape, edits, layer, per_head=False):
+    def __init__(self, shape, edits, layer, per_head=False, zeros=frozenset()):
         self.shape, self.edits, self.layer, self.per_head = shape, edits, layer, per_head
+        self.zeros = zeros  # (role, layer) of the old tensors known to be exactly zero
         self.placements = {}
         self.segments = {}
 
@@ -41,14 +42,15 @@ class Weights:
     def get(self, role):
         """(new, old) symbolic tensors, transposed to [in, out] (vectors as rows)."""
         if role in self.edits:
-            s = symbolize(self.edits[role], role)
+            s = symbolize(self.edits[role], role, self.zeros)
             self.placements[role], self.segments[role] = s.placements, s.segments
             if s.new.shape != s.old.shape and self.edits[role].source is None:
                 raise Stuck(f"{role}: unexpected shapes")
             return s.new, s.old
         spaces = (GLOBAL_ROLES if self.layer is None else LAYER_ROLES)[role]
         sizes = [HEAD_SIZE[s] if self.per_head and s in HEAD_SIZE else SPACE_SIZE[s] for s in spaces]
-        m = MatrixSymbol(role, *(sizes[::-1] if len(sizes) == 2 else [1, sizes[0]]))
+        dims = sizes[::-1] if len(sizes) == 2 else [1, sizes[0]]
+        m = ZeroMatrix(*dims) if (role, self.layer) in self.zeros else MatrixSymbol(role, *dims)
         return m, m
 
 
