@@ -133,3 +133,16 @@ def test_rope_linear_numeric():
     xs = torch.randn(1, 2, 5, 6)
     close(rope(2.5 * xs, 1e4), 2.5 * rope(xs, 1e4))
     close(rope(torch.zeros_like(xs), 1e4), torch.zeros_like(xs))
+
+
+def test_zero_gain_numeric():
+    """Norm(x, 0, e) = 0 (and LayerNorm(x, 0, b, e) = b): what a zero-filled new layer's norms give."""
+    for kind in ("rmsnorm", "layernorm"):
+        norm = Norm(5, kind, 1e-2)
+        with torch.no_grad():
+            norm.weight.zero_()
+            expected = torch.zeros(3, 5)
+            if kind == "layernorm":
+                norm.bias.normal_()
+                expected = norm.bias.expand(3, 5)
+            close(norm(torch.randn(3, 5)), expected)

@@ -14,6 +14,8 @@ uses these identities (each proved at index level and checked numerically in
 * ``gqa_split``: Heads([Q_a, Q_b], [K_a, K_b], [V_a, V_b]) = [Heads(Q_a, K_a, V_a), Heads(Q_b, K_b, V_b)]
   when each query block holds exactly the heads that read its kv block.
 * ``rope_linear``: RoPE(c*X) = c * RoPE(X), RoPE(0) = 0.
+* ``zero_gain``: RMSNorm(x, 0, e) = 0 and LayerNorm(x, 0, b, e) = 1 * b.
+* ``heads_of_zero_values``: Heads(Q, K, 0) = 0 (each row of the softmax weighs zeros).
 """
 
 from __future__ import annotations
