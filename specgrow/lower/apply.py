@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from specgrow import __version__
-from specgrow.errors import InputError, NumericCheckError, SpecError, SpecgrowError, UnprovedError
+from specgrow.errors import InputError, NumericCheckError, SpecError, UnprovedError
 from specgrow.lower.checkpoint import (
     MODEL_FILE, atomic_directory, check_shapes, load_state, resolve_input, sha256_file,
 )

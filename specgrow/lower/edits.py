@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from specgrow.errors import CheckpointError
-from specgrow.ir import Const, Grouped, Old, Random, Range, StepPlan, TensorEdit
+from specgrow.ir import Const, Old, Random, Range, StepPlan, TensorEdit
 
 Names = Callable[[str, "int | None"], str]
 

@@ -124,7 +124,6 @@ def symbolize(edit, name: str, zeros=frozenset()) -> Symbolic:
     """
     env = _env(edit)
     ndim = len(edit.new_shape)
-    old_sizes = tuple(sp.sympify(s) for s in (edit.old_shape or edit.new_shape))
     per_head = [any(isinstance(b.where[a], Grouped) for b in edit.blocks) for a in range(ndim)]
     if any(per_head):
         for b in edit.blocks:
@@ -211,10 +210,12 @@ def _pieces(name, cuts, env, zero=False):
 
 
 def _block_at(edit, cell, env):
-    for b in edit.blocks:
-        if all(_contains(_seg(_inner(b.where[a]), env), c) for a, c in enumerate(cell)):
-            return b
-    raise Stuck("a cell of the new tensor is written by no block")
+    """The one block that writes ``cell`` (none or several: the edit is malformed)."""
+    found = [b for b in edit.blocks
+             if all(_contains(_seg(_inner(b.where[a]), env), c) for a, c in enumerate(cell))]
+    if len(found) != 1:
+        raise Stuck(f"a cell of the new tensor is written by {len(found)} blocks, not 1")
+    return found[0]
 
 
 def _contains(outer: Seg, inner: Seg) -> bool:
@@ -225,10 +226,12 @@ def _contains(outer: Seg, inner: Seg) -> bool:
 
 
 def _check_tiling(edit, segs, per_head, env, name):
+    """Each axis's segments cover the new axis (or one new head) exactly once."""
     for a, axis in enumerate(segs):
         covered = sorted(i for s in axis for i in range(s.lo, s.hi, s.stride))
-        width = len(covered)
-        if covered != list(range(width)):
+        sel = edit.blocks[0].where[a]
+        size = sel.width if per_head[a] else edit.new_shape[a]
+        if covered != list(range(int(sp.sympify(size).xreplace(env)))):
             raise Stuck(f"{name}: the blocks do not tile axis {a} exactly once")
 
 
