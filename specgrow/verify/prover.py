@@ -195,8 +195,18 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
         if touches(("attn_norm", "attn.q", "attn.k")):  # else the scores are the same expression
             score = _obligation(index, "attention scores (one generic head)", layers,
                                 "R(q')R(k')^T/sqrt(k') = R(q)R(k)^T/sqrt(k)", scores, None, side)
+            if score.verdict is not Verdict.PROVED:
+                # the scores changed: the head is still preserved if its output does not depend on them
+                output = _obligation(
+                    index, "attention output (one generic head, scores changed)", layers,
+                    "softmax(s') v' o'_head = softmax(s) v o_head",
+                    lambda: _eps(S.attention_head(w, lift(x), x, eps_new, key_new, value_new, [], False)[0],
+                                 eps_old), None)
+                if output.verdict is Verdict.PROVED:
+                    score = output
             results.append(score)
-        if (score is None or score.verdict is Verdict.PROVED) and touches(("attn.v", "attn.o")):
+        if (score is None or score.verdict is Verdict.PROVED and "changed" not in score.sublayer) \
+                and touches(("attn.v", "attn.o")):
             results.append(_obligation(
                 index, "attention output (one generic head)", layers, "softmax(s) v' o'_head = softmax(s) v o_head",
                 lambda: _eps(S.attention_head(w, lift(x), x, eps_new, key_new, value_new, [])[0], eps_old),

@@ -106,10 +106,11 @@ def attention(w, x_new, x_old, eps_new, key_new, value_new):
     return _add_bias(w, "attn.o.bias", (heads_new * o_new, heads_old * o_old))
 
 
-def attention_head(w, x_new, x_old, eps_new, key_new, value_new, side):
+def attention_head(w, x_new, x_old, eps_new, key_new, value_new, side, same_scores=True):
     """One generic head (and its kv group): softmax(R(q) R(k)^T / sqrt(key)) v o_head.
 
-    Returns ((contribution_new, contribution_old), (scores_new, scores_old)).
+    Returns ((contribution_new, contribution_old), (scores_new, scores_old)). With
+    ``same_scores`` (once proved) the grown head's softmax is written with the old scores.
     """
     xn_new, xn_old = norm(w, "attn_norm", x_new, x_old, eps_new)
     q = _project(w, "attn.q", xn_new, xn_old)
@@ -126,7 +127,8 @@ def attention_head(w, x_new, x_old, eps_new, key_new, value_new, side):
     if "attn.v.weight" in w.segments and "attn.o.weight" in w.segments and \
             w.segments["attn.v.weight"][0] != w.segments["attn.o.weight"][1]:
         raise Stuck("value and output heads are cut differently (no shared permutation)")
-    contribution = (Softmax(scores_old) * v_[0] * o_new, Softmax(scores_old) * v_[1] * o_old)
+    weights_new = Softmax(scores_old if same_scores else scores_new)
+    contribution = (weights_new * v_[0] * o_new, Softmax(scores_old) * v_[1] * o_old)
     return contribution, (scores_new, scores_old)
 
 
