@@ -86,3 +86,20 @@ def test_cancelling_noise_over_copies():
     N = MatrixSymbol("N", h, p)
     expr = BlockMatrix([[x, x]]) * BlockMatrix([[W / 2 + N], [W / 2 - N]]) - x * W
     assert collapse(expr, Trace()) == ZeroMatrix(n, p)
+
+
+@pytest.mark.parametrize("name,formula,torch_fn", [
+    ("relu", lambda t: sp.Max(0, t), "relu"),
+    ("gelu", lambda t: t * (1 + sp.erf(t / sp.sqrt(2))) / 2, "gelu"),
+    ("silu", lambda t: t / (1 + sp.exp(-t)), "silu"),
+])
+def test_activation_value_at_zero_is_the_true_one(name, formula, torch_fn):
+    """Activations are opaque but for f(0): the declared value is the exact formula's and torch's."""
+    import torch
+    import torch.nn.functional as F
+
+    declared = elementwise_fn(name)(0)
+    assert declared == sp.simplify(formula(sp.Integer(0))) == 0
+    assert float(getattr(F, torch_fn)(torch.zeros(1))) == float(declared)
+    t = sp.Symbol("t")
+    assert elementwise_fn(name)(t) != 0  # elsewhere it stays opaque, never rewritten

@@ -17,12 +17,11 @@ broadcast vectors through blocks. These rules do, each one small and separately 
 >>> from sympy import MatrixSymbol, ZeroMatrix, BlockMatrix
 >>> n, h, p, q = sp.symbols("n h p q", positive=True, integer=True)
 >>> x, W, R = MatrixSymbol("x", n, h), MatrixSymbol("W", h, p), MatrixSymbol("R", h, q)
->>> act = sp.Lambda(sp.Dummy("t"), sp.Max(0, sp.Dummy("t")))
 >>> relu = elementwise_fn("relu")
 >>> y = apply_fn(relu, x * BlockMatrix([[W, R]])) * BlockMatrix([[MatrixSymbol("V", p, h)], [ZeroMatrix(q, h)]])
 >>> trace = Trace()
 >>> collapse(y, trace)
-relu(x*W)*V
+Lambda(t, relu(t)).(x*W)*V
 """
 
 from __future__ import annotations
@@ -38,12 +37,38 @@ from sympy.matrices.expressions.transpose import Transpose
 from sympy.strategies import exhaust
 
 _T = sp.Symbol("t")
-_TANH_FREE_GELU = sp.Lambda(_T, _T * (1 + sp.erf(_T / sp.sqrt(2))) / 2)
-FUNCTIONS = {
-    "relu": sp.Lambda(_T, sp.Max(0, _T)),
-    "gelu": _TANH_FREE_GELU,
-    "silu": sp.Lambda(_T, _T / (1 + sp.exp(-_T))),
-}
+
+
+class Activation(sp.Function):
+    """An element-wise activation, opaque but for its exact value at 0 (``AT_ZERO``).
+
+    The only fact the rules use is f(0); `tests/test_algebra.py` checks each declared value
+    against the exact formula (relu = max(0, t), gelu = t(1 + erf(t/sqrt 2))/2,
+    silu = t/(1 + e^-t)) and against torch.
+    """
+
+    AT_ZERO = sp.Integer(0)
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_zero:
+            return cls.AT_ZERO
+        return None
+
+
+class relu(Activation):  # noqa: N801 (printed as the activation's name)
+    pass
+
+
+class gelu(Activation):  # noqa: N801
+    pass
+
+
+class silu(Activation):  # noqa: N801
+    pass
+
+
+FUNCTIONS = {name: sp.Lambda(_T, cls(_T)) for name, cls in (("relu", relu), ("gelu", gelu), ("silu", silu))}
 
 
 @functools.lru_cache(maxsize=None)
