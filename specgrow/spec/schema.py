@@ -12,9 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-from jsonschema.exceptions import ValidationError
-
+from specgrow.spec.quickcheck import conforms
 from specgrow.spec.yaml_loader import Document, KeyPath
 
 SCHEMA_FILE = Path(__file__).with_name("specgrow-v1.schema.json")
@@ -38,7 +36,9 @@ def load_schema() -> dict:
 
 
 @lru_cache(maxsize=1)
-def _validator() -> jsonschema.protocols.Validator:
+def _validator():
+    import jsonschema  # only for a document the quick check did not accept
+
     base = jsonschema.Draft202012Validator
     # YAML gives 1 and 1.0 different types; JSON Schema would accept 1.0 as an integer.
     checker = base.TYPE_CHECKER.redefine(
@@ -55,6 +55,8 @@ def validate(doc: Document) -> None:
     Traceback (most recent call last):
     specgrow.errors.SpecError: specgrow: expected 1, found 2
     """
+    if conforms(doc.data, load_schema(), load_schema()):
+        return
     # jsonschema reports root keywords first, then walks the document in order, so the
     # first few errors contain the earliest one; stopping there bounds the cost.
     first = itertools.islice(_validator().iter_errors(doc.data), MAX_ERRORS)
@@ -79,7 +81,7 @@ class _Located:
         self.line, self.column, self.depth = self.error.line, self.error.column, len(at or path)
 
 
-def _translate(doc: Document, error: ValidationError) -> _Located:
+def _translate(doc: Document, error) -> _Located:
     path = tuple(error.absolute_path)
     value, kind, expected = error.instance, error.validator, error.validator_value
     if kind == "oneOf":
