@@ -71,7 +71,7 @@ class ModelShape:
     rope_theta: float = 10000.0
     final_norm: bool = True
     tie_embeddings: bool = False
-    bias: bool = False
+    bias: tuple[str, ...] = ()  # projections with a bias: q k v o up gate down
     arch: str = field(default="reference")
 
     @classmethod
@@ -93,7 +93,7 @@ class ModelShape:
     def has_role(self, role: str) -> bool:
         """Whether this model has a tensor of this role (in any layer)."""
         if role.endswith(".bias") and not role.endswith("norm.bias"):
-            if not self.bias:
+            if role.split(".")[1] not in self.bias:
                 return False
         if role in NORM_BIASES and self.norm != "layernorm":
             return False
@@ -156,7 +156,7 @@ class ModelShape:
             "rope_theta": self.rope_theta,
             "final_norm": self.final_norm,
             "tie_embeddings": self.tie_embeddings,
-            "bias": self.bias,
+            "bias": list(self.bias),
             "layers": [
                 {"mlp": s.mlp, "heads": s.heads, "kv_heads": s.kv_heads, "key": s.key, "value": s.value}
                 for s in self.layers
@@ -168,7 +168,7 @@ class ModelShape:
         cfg = dict(cfg)
         cfg.pop("specgrow_config", None)
         layers = tuple(LayerShape(**layer) for layer in cfg.pop("layers"))
-        return cls(layers=layers, **cfg)
+        return cls(layers=layers, bias=tuple(cfg.pop("bias", ())), **cfg)
 
 
 def tensor_name(role: str, layer: int | None) -> str:

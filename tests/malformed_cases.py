@@ -158,7 +158,7 @@ CASES: list[tuple[str, bytes, str, int]] = [
     ("w-gate-without-swiglu", steps("mlp: {to: 512, init: {w_gate: zeros}}"),
      r"^steps\[0\].mlp.init.w_gate: role w_gate exists only with activation swiglu$", 5),
     ("b-in-without-bias", steps("mlp: {to: 512, init: {b_in: zeros}}"),
-     r"^steps\[0\].mlp.init.b_in: role b_in exists only with bias true$", 5),
+     r"^steps\[0\].mlp.init.b_in: role b_in exists only with a bias on up$", 5),
     ("pos-without-learned", model("position: rope", step="hidden: {to: 96, init: {pos: zeros}}"),
      r"^steps\[0\].hidden.init.pos: role pos exists only with position learned$", 6),
     ("odd-key-step-rope", model("position: rope", step="key: {to: 25}"),

@@ -91,9 +91,9 @@ def test_gqa_split_numeric():
     from specgrow.models.reference import Attention
     from specgrow.shape import LayerShape
 
-    full = Attention(8, LayerShape(mlp=4, heads=6, kv_heads=3, key=4, value=2), False, "rope", 100.0)
-    first = Attention(8, LayerShape(mlp=4, heads=2, kv_heads=1, key=4, value=2), False, "rope", 100.0)
-    rest = Attention(8, LayerShape(mlp=4, heads=4, kv_heads=2, key=4, value=2), False, "rope", 100.0)
+    full = Attention(8, LayerShape(mlp=4, heads=6, kv_heads=3, key=4, value=2), (), "rope", 100.0)
+    first = Attention(8, LayerShape(mlp=4, heads=2, kv_heads=1, key=4, value=2), (), "rope", 100.0)
+    rest = Attention(8, LayerShape(mlp=4, heads=4, kv_heads=2, key=4, value=2), (), "rope", 100.0)
     with torch.no_grad():
         first.q.weight.copy_(full.q.weight[:8]), rest.q.weight.copy_(full.q.weight[8:])
         first.k.weight.copy_(full.k.weight[:4]), rest.k.weight.copy_(full.k.weight[4:])

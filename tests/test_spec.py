@@ -97,7 +97,7 @@ def test_defaults_are_expanded():
         "learned",
     )
     assert (model.norm_eps, model.rope_theta) == (1e-6, 10000.0)
-    assert (model.final_norm, model.tie_embeddings, model.bias) == (True, False, False)
+    assert (model.final_norm, model.tie_embeddings, model.bias) == (True, False, ())
     assert (model.dims.kv_heads, model.dims.key, model.dims.value) == (4, 16, 16)
     mlp = spec.steps[0]
     assert mlp == MlpStep(
@@ -331,3 +331,17 @@ def test_doctests(module):
 def test_mark_is_one_based():
     doc = yaml_loader.load_yaml(b"a:\n  b: 1\n", "x")
     assert doc.mark(("a", "b")) == Mark(2, 6) and doc.key_mark(("a", "b")) == Mark(2, 3)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("true", ("q", "k", "v", "o", "up", "gate", "down")),
+    ("false", ()),
+    ("[v, q, k]", ("q", "k", "v")),
+])
+def test_bias_is_the_set_of_projections_with_a_bias(raw, expected):
+    assert spec_of("  - mlp: {to: 512}\n", model=f"bias: {raw}").model.bias == expected
+
+
+def test_a_bias_list_admits_only_projections():
+    with pytest.raises(SpecError, match="bias"):
+        spec_of("  - mlp: {to: 512}\n", model="bias: [q, w_in]")

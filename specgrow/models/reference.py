@@ -27,7 +27,10 @@ from torch import nn
 
 from specgrow.shape import LayerShape, ModelShape, tensor_name
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+ACTIVATIONS = {
+    "relu": F.relu, "gelu": F.gelu, "silu": F.silu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's gelu_new
+}
 
 
 class Norm(nn.Module):
@@ -56,13 +59,13 @@ def rope(x, theta: float):
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int, s: LayerShape, bias: bool, position: str, theta: float):
+    def __init__(self, hidden: int, s: LayerShape, bias: tuple[str, ...], position: str, theta: float):
         super().__init__()
         self.s, self.position, self.theta = s, position, theta
-        self.q = nn.Linear(hidden, s.heads * s.key, bias=bias)
-        self.k = nn.Linear(hidden, s.kv_heads * s.key, bias=bias)
-        self.v = nn.Linear(hidden, s.kv_heads * s.value, bias=bias)
-        self.o = nn.Linear(s.heads * s.value, hidden, bias=bias)
+        self.q = nn.Linear(hidden, s.heads * s.key, bias="q" in bias)
+        self.k = nn.Linear(hidden, s.kv_heads * s.key, bias="k" in bias)
+        self.v = nn.Linear(hidden, s.kv_heads * s.value, bias="v" in bias)
+        self.o = nn.Linear(s.heads * s.value, hidden, bias="o" in bias)
 
     def forward(self, x):
         B, T, _ = x.shape
@@ -83,12 +86,12 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden: int, width: int, activation: str, bias: bool):
+    def __init__(self, hidden: int, width: int, activation: str, bias: tuple[str, ...]):
         super().__init__()
         self.activation = activation
-        self.up = nn.Linear(hidden, width, bias=bias)
-        self.gate = nn.Linear(hidden, width, bias=bias) if activation == "swiglu" else None
-        self.down = nn.Linear(width, hidden, bias=bias)
+        self.up = nn.Linear(hidden, width, bias="up" in bias)
+        self.gate = nn.Linear(hidden, width, bias="gate" in bias) if activation == "swiglu" else None
+        self.down = nn.Linear(width, hidden, bias="down" in bias)
 
     def forward(self, x):
         if self.activation == "swiglu":

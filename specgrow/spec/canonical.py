@@ -25,6 +25,7 @@ from specgrow.spec.types import (
     LikeOld,
     MlpStep,
     ModelSpec,
+    PROJECTIONS,
     Normal,
     Ones,
     Spec,
@@ -244,7 +245,7 @@ class _Checker:
         given: dict = raw.get("init", {})
         exists = {
             "w_gate": ("activation swiglu", model.activation == "swiglu"),
-            "b_in": ("bias true", model.bias),
+            "b_in": ("a bias on up", "up" in model.bias),
             "pos": ("position learned", model.position == "learned"),
         }
         for role in given:
@@ -305,8 +306,17 @@ def _model(doc: Document, raw: dict) -> ModelSpec:
         rope_theta=float(raw.get("rope_theta", 10000.0)),
         final_norm=raw.get("final_norm", True),
         tie_embeddings=raw.get("tie_embeddings", False),
-        bias=raw.get("bias", False),
+        bias=_biases(raw.get("bias", False)),
     )
+
+
+def _biases(raw) -> tuple[str, ...]:
+    """``true``/``false``/a list of projections, as the tuple of projections with a bias."""
+    if raw is True:
+        return PROJECTIONS
+    if raw is False:
+        return ()
+    return tuple(p for p in PROJECTIONS if p in raw)
 
 
 def _fail(doc: Document, path: KeyPath, message: str, *, at_key: bool = False) -> SpecError:

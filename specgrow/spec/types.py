@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Literal, Union
 
 Norm = Literal["rmsnorm", "layernorm"]
-Activation = Literal["relu", "gelu", "silu", "swiglu"]
+Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu"]
+PROJECTIONS = ("q", "k", "v", "o", "up", "gate", "down")  # the linear layers that may carry a bias
 Position = Literal["none", "learned", "rope"]
 
 
@@ -76,7 +77,7 @@ class ModelSpec:
     rope_theta: float
     final_norm: bool
     tie_embeddings: bool
-    bias: bool
+    bias: tuple[str, ...]  # the projections (of PROJECTIONS) that carry a bias
 
 
 # ---------------------------------------------------------------- the steps

@@ -44,7 +44,8 @@ class Activation(sp.Function):
 
     The only fact the rules use is f(0); `tests/test_algebra.py` checks each declared value
     against the exact formula (relu = max(0, t), gelu = t(1 + erf(t/sqrt 2))/2,
-    silu = t/(1 + e^-t)) and against torch.
+    gelu_tanh = t(1 + tanh(sqrt(2/pi)(t + 0.044715 t^3)))/2, silu = t/(1 + e^-t)) and
+    against torch.
     """
 
     AT_ZERO = sp.Integer(0)
@@ -64,11 +65,15 @@ class gelu(Activation):  # noqa: N801
     pass
 
 
+class gelu_tanh(Activation):  # noqa: N801
+    pass
+
+
 class silu(Activation):  # noqa: N801
     pass
 
 
-FUNCTIONS = {name: sp.Lambda(_T, cls(_T)) for name, cls in (("relu", relu), ("gelu", gelu), ("silu", silu))}
+FUNCTIONS = {cls.__name__: sp.Lambda(_T, cls(_T)) for cls in (relu, gelu, gelu_tanh, silu)}
 
 
 @functools.lru_cache(maxsize=None)

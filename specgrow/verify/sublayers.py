@@ -61,7 +61,7 @@ def is_per_head(edits) -> bool:
 
 def _add_bias(w, role, pair):
     """``pair`` plus the broadcast bias of ``role`` when the model has biases."""
-    if not w.shape.bias:
+    if not w.shape.has_role(role):
         return pair
     new, old = w.get(role)
     ones = OneMatrix(pair[0].shape[0], 1)
