@@ -133,7 +133,7 @@ def _plan(args) -> int:
     from specgrow.transforms import compile_spec
 
     spec = load_spec(args.spec)
-    print(render(compile_spec(spec), spec.steps))
+    print(render(compile_spec(spec), spec.steps, spec.user_steps))
     return 0
 
 

@@ -25,13 +25,17 @@ def _block(block) -> str:
     return f"[{where}]={block.source.describe()}"
 
 
-def render(plan: Plan, steps) -> str:
-    """One section per step: a row per edited tensor, moved tensors summarised."""
+def render(plan: Plan, steps, user_steps: int = -1) -> str:
+    """One section per step: a row per edited tensor, moved tensors summarised.
+
+    Steps from ``user_steps`` on were added to pad every layer to one width (HF families).
+    """
     concrete = plan.concrete()
     lines = []
     for step_plan, step in zip(concrete.steps, steps):
         before, after = step_plan.before.parameter_count(), step_plan.after.parameter_count()
-        lines.append(f"step {step_plan.index}: {describe_step(step)}  params {before:,} -> {after:,}")
+        added = "  (added: HF configs need every layer at one width)" if 0 <= user_steps <= step_plan.index else ""
+        lines.append(f"step {step_plan.index}: {describe_step(step)}  params {before:,} -> {after:,}{added}")
         if step_plan.eps_scale != 1:
             lines.append(f"  norm_eps: {step_plan.before.norm_eps:g} -> {step_plan.after.norm_eps:g}")
         rows, moved = [], []

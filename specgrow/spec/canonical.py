@@ -55,11 +55,21 @@ def build_spec(doc: Document, sha256: str) -> Spec:
     dims = model.dims
     layer = LayerShape(dims.mlp, dims.heads, dims.kv_heads, dims.key, dims.value)
     shape = Shape(dims.hidden, (layer,) * dims.layers)
+    if model.arch != "reference":
+        _check_family(doc, model.arch, shape, "original")
     steps: list[Step] = []
+    marks = []
     for index, item in enumerate(data["steps"]):
         ((kind, raw),) = item.items()
         step, shape = getattr(checker, kind)(("steps", index, kind), raw, shape)
         steps.append(step)
+        marks.append(doc.mark(("steps", index)))
+    if model.arch != "reference":
+        for kind, raw in uniform_steps(shape):
+            step, shape = getattr(checker, kind)(("model", "arch"), raw, shape)
+            steps.append(step)
+            marks.append(doc.mark(("model", "arch")))
+        _check_family(doc, model.arch, shape, "grown")
     return Spec(
         path=doc.file,
         sha256=sha256,
@@ -67,8 +77,42 @@ def build_spec(doc: Document, sha256: str) -> Spec:
         model=model,
         seed=data.get("seed", 0),
         steps=tuple(steps),
-        step_marks=tuple(doc.mark(("steps", i)) for i in range(len(steps))),
+        step_marks=tuple(marks),
+        user_steps=len(data["steps"]),
     )
+
+
+def uniform_steps(shape: Shape):
+    """Zero-init steps that grow every layer to the widest one: HF configs are uniform.
+
+    Yields ``(kind, raw step)`` pairs in the order mlp, heads, value, key; each grows the
+    layers that are narrower than the widest with the step's preserving defaults.
+    """
+    for kind in ("mlp", "heads", "value", "key"):
+        widths = [getattr(layer, kind) for layer in shape.layers]
+        target = max(widths)
+        short: dict[int, list[int]] = {}
+        for i, width in enumerate(widths):
+            if width < target:
+                short.setdefault(target - width, []).append(i)
+        for missing, layers in sorted(short.items()):
+            if kind == "heads":
+                yield kind, {"add": missing, "layers": layers}
+            else:
+                yield kind, {"to": target, "layers": layers}
+
+
+def _check_family(doc: Document, arch: str, shape: Shape, when: str) -> None:
+    """The widths a HuggingFace config can express: one head_dim; GPT-2's heads x head_dim = hidden."""
+    for i, layer in enumerate(shape.layers):
+        if layer.key != layer.value:
+            raise _fail(doc, ("model", "arch"), f"{arch} has one head_dim for queries, keys and values: "
+                        f"grow key and value together (layer {i} of the {when} model has key {layer.key}, "
+                        f"value {layer.value})")
+        if arch == "gpt2" and (layer.heads * layer.key != shape.hidden or layer.kv_heads != layer.heads):
+            raise _fail(doc, ("model", "arch"), "gpt2 needs heads x head_dim = hidden and no kv grouping: "
+                        f"layer {i} of the {when} model has {layer.heads} heads of {layer.key} "
+                        f"({layer.kv_heads} kv heads) for hidden {shape.hidden}")
 
 
 class _Checker:

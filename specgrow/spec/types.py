@@ -204,3 +204,6 @@ class Spec:
     seed: int
     steps: tuple[Step, ...]
     step_marks: tuple[Mark, ...]
+    # steps written by the user; for HF families, steps after these pad every layer to the
+    # widest (HF configs are uniform) and are marked at model.arch
+    user_steps: int = -1
