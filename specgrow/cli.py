@@ -56,13 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory (must not exist)")
     p.add_argument("--input", metavar="PATH",
-                   help="checkpoint to grow: .safetensors, .pt/.bin state dict, or a specgrow output "
-                        "directory (default: the reference model initialised from the spec's seed)")
+                   help="checkpoint to grow: a HuggingFace folder (config.json + model.safetensors, shards "
+                        "with an index, or pytorch_model.bin), a .safetensors or .pt/.bin state dict, or a "
+                        "specgrow output folder (default: the reference model initialised from the spec's seed)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the written tensors (default: the input's)")
     p.add_argument("--allow-unproved", action="store_true",
                    help="write the grown model even if its spec is not PROVED or it fails the numeric check")
+    p.add_argument("--max-shard-size", metavar="SIZE",
+                   help="split the weights into shards of at most SIZE (e.g. 5GB, 500MB) with "
+                        "model.safetensors.index.json; default: one model.safetensors")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
     return parser
@@ -148,6 +152,7 @@ def _apply(args) -> int:
     options = ApplyOptions(
         output=args.output, input=args.input, device=args.device, dtype=args.dtype,
         allow_unproved=args.allow_unproved, overwrite=args.overwrite,
+        max_shard_size=args.max_shard_size, quiet=args.quiet,
     )
     apply_plan(spec, plan, options, log=(lambda *_: None) if args.quiet else print)
     return 0

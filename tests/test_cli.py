@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -163,7 +164,8 @@ def test_apply_input_checkpoint_is_grown_and_left_untouched(tmp_path, capsys, su
     grown = load_file(str(out / "model.safetensors"))
     torch.testing.assert_close(grown["embed.weight"][:, :16], state["embed.weight"], atol=0, rtol=0)
     manifest = json.loads((out / "specgrow-manifest.json").read_text())
-    assert manifest["input"]["sha256"] and manifest["numeric_check"]["passed"]
+    assert manifest["input"]["files"][path.name] == hashlib.sha256(before).hexdigest()
+    assert manifest["numeric_check"]["passed"]
     # the output directory is itself a valid input for a further spec
     spec2 = write_spec(tmp_path, [{"mlp": {"to": 40}}], name="spec2.yaml",
                        dims={"hidden": 24, "layers": 4})
@@ -180,13 +182,17 @@ def test_input_shape_mismatch_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "g").exists()
 
 
-@pytest.mark.parametrize("payload", [b"", b"not a checkpoint at all", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}"])
-def test_corrupt_input_is_one_clear_error(tmp_path, capsys, payload):
+@pytest.mark.parametrize("payload,message", [
+    (b"", "not a safetensors file: it holds 0 bytes"),
+    (b"not a checkpoint at all", "corrupt safetensors header: its length"),
+    (b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}", "corrupt safetensors header: its length 8 exceeds"),
+])
+def test_corrupt_input_is_one_clear_error(tmp_path, capsys, payload, message):
     spec = write_spec(tmp_path, [{"mlp": {"to": 48}}])
     path = tmp_path / "in.safetensors"
     path.write_bytes(payload)
     code, _, err = run(["apply", spec, "--input", str(path), "-o", str(tmp_path / "g")], capsys)
-    assert code == 1 and ERROR_LINE.match(err) and "cannot read checkpoint" in err
+    assert code == 1 and ERROR_LINE.match(err) and message in err
     assert not (tmp_path / "g").exists()
 
 

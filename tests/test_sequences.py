@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specgrow.lower.edits import indices
+from specgrow.lower.stream import indices
 from specgrow.transforms import compile_spec
 from tests.helpers import assert_preserved, make_spec
 

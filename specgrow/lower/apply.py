@@ -1,9 +1,12 @@
 """``specgrow apply``: execute a compiled plan on a checkpoint and check the result.
 
-Order: prove the spec, read (or initialise) the input, check its shapes against the spec,
-run each step's edits on the device, compare logits, and only then write the output
-directory atomically, the proof certificate included. A spec that is not PROVED, or a failed
-numeric check, writes nothing unless ``allow_unproved``.
+Order: prove the spec; open the input (the reference model from the spec's seed, a
+specgrow file or folder, or a HuggingFace folder whose config.json must describe the
+spec's model) and check every tensor's name, shape and dtype; stream the grown tensors
+into a temporary folder (one band of rows at a time); compare the logits of the input and
+of the files just written; only then add the config, certificate and manifest and rename
+the folder into place. Anything not PROVED, or a failed numeric check, writes nothing
+unless ``allow_unproved``.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ from pathlib import Path
 import torch
 
 from specgrow import __version__
+from specgrow.arch import FAMILIES, REFERENCE
+from specgrow.arch.hf import cross_check, family_of, grown_config, layer_origins, read_config, shortest_window
 from specgrow.errors import InputError, NumericCheckError, SpecError, UnprovedError
 from specgrow.lower.checkpoint import (
-    MODEL_FILE, atomic_directory, check_shapes, load_state, resolve_input, sha256_file,
+    RoleSource, atomic_directory, copy_side_files, sha256_file, write_checkpoint,
 )
-from specgrow.lower.edits import apply_step
-from specgrow.lower.numeric import compare, logits, tokens_for
+from specgrow.lower.numeric import compare, streamed_logits, tokens_for
+from specgrow.lower.safetensors_io import CheckpointFiles, parse_size
+from specgrow.lower.stream import StateSource, chain, whole
 from specgrow.models.reference import random_state
-from specgrow.shape import ModelShape, tensor_name
+from specgrow.shape import tensor_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MANIFEST = "specgrow-manifest.json"
@@ -39,6 +45,25 @@ class ApplyOptions:
     dtype: str | None = None
     allow_unproved: bool = False
     overwrite: bool = False
+    max_shard_size: str | None = None
+    quiet: bool = False
+
+
+@dataclass
+class Opened:
+    """An input checkpoint, seen as roles of the spec's original model."""
+
+    source: object
+    family: object
+    prefix: str
+    config: dict | None  # the HF config.json, None for specgrow's own inputs
+    folder: Path | None  # the HF folder (for its tokenizer and other files)
+    manifest: dict
+    files: object = None
+
+    def close(self):
+        if self.files is not None:
+            self.files.close()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,15 +74,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def expected_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
-    return {tensor_name(role, layer): dims for (role, layer), dims in shape.tensor_shapes().items()}
-
-
 def grow_state(state, plan, device) -> list[dict[str, torch.Tensor]]:
-    """The state after each step of a concrete plan (first element: the input on ``device``)."""
-    states = [{name: t.to(device) for name, t in state.items()}]
+    """The named state after each step of a concrete plan, in memory (first: the input on ``device``)."""
+    keys = plan.before.tensor_keys()
+    source = StateSource({key: state[tensor_name(*key)].to(device) for key in keys})
+    states = [{tensor_name(*key): source.tensors[key] for key in keys}]
     for step in plan.steps:
-        states.append(apply_step(states[-1], step, tensor_name, device))
+        grown = chain(source, [step], device)
+        source = StateSource({key: whole(grown, key) for key in grown.keys()})
+        states.append({tensor_name(*key): t for key, t in source.tensors.items()})
     return states
 
 
@@ -77,68 +102,122 @@ def prove(spec, allow_unproved: bool, log=print):
     return cert
 
 
+def open_input(spec, plan, path: str | None) -> Opened:
+    """The input checkpoint as roles of ``plan.before``, every tensor checked against the spec."""
+    arch = spec.model.arch
+    if path is None:
+        if arch != "reference":
+            raise SpecError(f"model.arch {arch}: apply needs --input DIR, a HuggingFace checkpoint folder "
+                            "(only the reference model has an embedded default)", path=spec.path)
+        state = random_state(plan.before, spec.seed)
+        source = StateSource({key: state[tensor_name(*key)] for key in plan.before.tensor_keys()})
+        return Opened(source, REFERENCE, "", None, None, {"reference_model_seed": spec.seed})
+    where = Path(path)
+    if not where.exists():
+        raise InputError(f"cannot read input checkpoint: no such file or folder '{where}'", path=path)
+    config = read_config(where) if where.is_dir() and (where / "config.json").is_file() else None
+    if config is not None and "specgrow_config" in config:
+        config = None  # a folder written by specgrow apply for the reference model
+    if config is None and arch != "reference":
+        raise SpecError(f"model.arch {arch}: --input must be a HuggingFace folder with config.json, "
+                        f"found '{path}'", path=spec.path)
+    if config is not None:
+        cross_check(spec.model, config, str(where / "config.json"))
+        family = FAMILIES[family_of(config, str(where))]
+    else:
+        family = REFERENCE
+    files = CheckpointFiles(where)
+    try:
+        source = RoleSource(files, family, plan.before, path)
+    except Exception:
+        files.close()
+        raise
+    manifest = {"path": str(where), "files": {p.name: sha256_file(p) for p in files.files()}}
+    return Opened(source, family, source.prefix, config, where if config is not None else None, manifest, files)
+
+
 def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
-    """Prove, grow, check and write; returns the manifest that was written."""
-    if spec.model.arch != "reference":
-        raise SpecError(f"model.arch: '{spec.model.arch}' checkpoints are not supported by apply yet "
-                        "(expected 'reference')", path=spec.path)
+    """Prove, grow, write, check and rename into place; returns the manifest that was written."""
     from specgrow.verify.report import obligation_count, render_markdown
 
+    max_shard = _shard_bytes(options.max_shard_size)
     cert = prove(spec, options.allow_unproved, log)
     certificate = render_markdown(cert)
     device = resolve_device(options.device)
-    if options.input is None:
-        state = random_state(plan.before, spec.seed)
-        source = {"reference_model_seed": spec.seed}
-    else:
-        path = resolve_input(options.input)
-        state = load_state(path)
-        check_shapes(state, expected_shapes(plan.before), str(path))
-        source = {"path": str(path), "sha256": sha256_file(path)}
     concrete = plan.concrete()
-    states = grow_state(state, concrete, device)
-    grown = states[-1]
-    check_shapes(grown, expected_shapes(plan.after), "<grown model>")
-    dtype = next(iter(state.values())).dtype
-    tokens = tokens_for(plan.before, spec.seed, device)
-    reference = logits(plan.before, states[0], tokens)
-    result = compare(reference, logits(plan.after, grown, tokens), dtype, spec.seed)
-    if not result.passed:
-        index = _first_failing_step(plan, states, tokens, reference, dtype, spec.seed)
-        mark = spec.step_marks[index]
-        message = (f"steps[{index}] ({plan.steps[index].kind}) changes the function: numeric check failed, "
-                   f"{result.summary()}")
-        if not options.allow_unproved:
-            raise NumericCheckError(message + "; nothing written (--allow-unproved writes it anyway)",
-                                    path=spec.path, line=mark.line, column=mark.column)
-        log(f"{spec.path}:{mark.line}:{mark.column}: warning: {message}; writing it (--allow-unproved)")
-    if options.dtype is not None:
-        grown = {name: t.to(DTYPES[options.dtype]) for name, t in grown.items()}
-    manifest = {
-        "specgrow": __version__,
-        "spec": {"path": spec.path, "sha256": spec.sha256},
-        "seed": spec.seed,
-        "input": source,
-        "device": str(device),
-        "versions": _versions(),
-        "proof": {
-            "verdict": cert.verdict.value,
-            "obligations": obligation_count(cert),
-            "certificate_sha256": hashlib.sha256(certificate.encode("utf-8")).hexdigest(),
-        },
-        "numeric_check": result.as_dict(),
-        "parameters": {"before": plan.before.parameter_count(), "after": plan.after.parameter_count()},
-    }
+    opened = open_input(spec, plan, options.input)
+    try:
+        return _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, cert, certificate,
+                               obligation_count(cert), log)
+    finally:
+        opened.close()
+
+
+def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, cert, certificate, obligations,
+                    log) -> dict:
+    grown = chain(opened.source, concrete.steps, device)
+    first_key = opened.source.keys()[0]
+    dtype = DTYPES[options.dtype] if options.dtype else None
+    check_dtype = dtype or opened.source.dtype(first_key)
+    window = shortest_window(opened.config) if opened.config else None
+    tokens = tokens_for(plan.before, spec.seed, device, window)
+    metadata = {"format": "pt", "specgrow_spec_sha256": spec.sha256}
     with atomic_directory(options.output, options.overwrite) as tmp:
-        _write_model(tmp / MODEL_FILE, grown, spec.sha256)
-        (tmp / "config.json").write_text(json.dumps(plan.after.to_config(), indent=2) + "\n")
+        files = write_checkpoint(tmp, opened.family, opened.prefix, plan.after, grown, dtype=dtype,
+                                 max_shard_bytes=max_shard, metadata=metadata, quiet=options.quiet)
+        reference = streamed_logits(plan.before, opened.source, tokens)
+        with CheckpointFiles(tmp) as written:
+            after = streamed_logits(plan.after, RoleSource(written, opened.family, plan.after, str(tmp)), tokens)
+        result = compare(reference, after, check_dtype, spec.seed)
+        if not result.passed:
+            index = _first_failing_step(plan, concrete, opened.source, tokens, reference, check_dtype, spec.seed,
+                                        device)
+            mark = spec.step_marks[index]
+            message = (f"steps[{index}] ({plan.steps[index].kind}) changes the function: numeric check failed, "
+                       f"{result.summary()}")
+            if not options.allow_unproved:
+                raise NumericCheckError(message + "; nothing written (--allow-unproved writes it anyway)",
+                                        path=spec.path, line=mark.line, column=mark.column)
+            log(f"{spec.path}:{mark.line}:{mark.column}: warning: {message}; writing it (--allow-unproved)")
+        if opened.config is not None:
+            config = grown_config(opened.config, plan.after, layer_origins(spec))
+            if dtype is not None:
+                config["dtype"] = options.dtype
+            copied = copy_side_files(opened.folder, tmp)
+        else:
+            config, copied = plan.after.to_config(), []
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CERTIFICATE).write_text(certificate, encoding="utf-8")
-        manifest["output"] = {"file": MODEL_FILE, "sha256": sha256_file(tmp / MODEL_FILE)}
+        manifest = {
+            "specgrow": __version__,
+            "spec": {"path": spec.path, "sha256": spec.sha256},
+            "seed": spec.seed,
+            "input": opened.manifest,
+            "device": str(device),
+            "versions": _versions(),
+            "proof": {
+                "verdict": cert.verdict.value,
+                "obligations": obligations,
+                "certificate_sha256": hashlib.sha256(certificate.encode("utf-8")).hexdigest(),
+            },
+            "numeric_check": result.as_dict(),
+            "parameters": {"before": plan.before.parameter_count(), "after": plan.after.parameter_count()},
+            "output": {"files": {name: sha256_file(tmp / name) for name in files}, "copied": copied},
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"grew {plan.before.parameter_count():,} -> {plan.after.parameter_count():,} parameters "
         f"in {len(plan.steps)} step(s) on {device}; proof {cert.verdict.value}; "
         f"numeric check {'passed' if result.passed else 'FAILED'}: {result.summary()}; wrote {options.output}")
     return manifest
+
+
+def _shard_bytes(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise InputError(f"--max-shard-size: {exc}", path="--max-shard-size") from None
 
 
 def _versions() -> dict:
@@ -149,17 +228,10 @@ def _versions() -> dict:
             "sympy": sympy.__version__, "safetensors": safetensors.__version__}
 
 
-def _first_failing_step(plan, states, tokens, reference, dtype, seed) -> int:
-    shapes = [plan.before] + [step.after for step in plan.steps]
-    for index in range(1, len(states)):
-        if not compare(reference, logits(shapes[index], states[index], tokens), dtype, seed).passed:
-            return index - 1
+def _first_failing_step(plan, concrete, source, tokens, reference, dtype, seed, device) -> int:
+    shapes = [step.after for step in plan.steps]
+    for index in range(len(plan.steps)):
+        partial = chain(source, concrete.steps[:index + 1], device)
+        if not compare(reference, streamed_logits(shapes[index], partial, tokens), dtype, seed).passed:
+            return index
     return len(plan.steps) - 1
-
-
-def _write_model(path: Path, state: dict[str, torch.Tensor], spec_sha256: str) -> None:
-    from safetensors.torch import save_file
-
-    contiguous = {name: t.detach().contiguous().cpu() for name, t in sorted(state.items())}
-    save_file(contiguous, str(path), metadata={"format": "pt", "specgrow_spec_sha256": spec_sha256})
-

@@ -1,85 +1,179 @@
-"""Reading input checkpoints and writing the output directory atomically.
+"""Checkpoints as sources of roles, the streaming output writer, and atomic output folders.
 
-Inputs: a ``.safetensors`` file, a ``.pt``/``.bin`` state dict (loaded with
-``weights_only=True`` only), or a directory written by ``specgrow apply`` (its
-``model.safetensors``). Outputs go to a temporary sibling directory that is renamed
-into place only when everything succeeded; the input is only ever opened for reading.
+`RoleSource` shows a checkpoint's stored tensors (any family of `specgrow.arch`) as the
+roles of a `ModelShape`, checking every name, shape and dtype up front and reading rows
+lazily. `write_checkpoint` pulls each stored tensor of the grown model from a source band
+by band into streaming safetensors writers (one file, or shards with an index). Outputs go
+to a temporary sibling folder that is renamed into place only when everything succeeded;
+the input is only ever opened for reading.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
+from specgrow.arch import Family, stored_shape
 from specgrow.errors import CheckpointError, InputError
+from specgrow.lower.safetensors_io import SafetensorsWriter, index_json, plan_shards, shard_names
+from specgrow.lower.stream import bands, whole
+from specgrow.shape import ModelShape
 
-MODEL_FILE = "model.safetensors"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def resolve_input(path: str) -> Path:
-    """The checkpoint file behind ``--input`` (a file, or a specgrow output directory)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / MODEL_FILE
-    if not p.is_file():
-        raise InputError(f"cannot read input checkpoint: no such file '{p}'", path=path)
-    return p
+class RoleSource:
+    """The tensors of checkpoint ``files`` as roles of ``shape``, by ``family``'s table."""
+
+    def __init__(self, files, family: Family, shape: ModelShape, path: str):
+        self.files, self.family, self.model, self.path = files, family, shape, path
+        names = files.names()
+        self._names = set(names)
+        self.prefix = family.prefix_of(names)
+        self.where: dict = {}
+        expected = set()
+        for name, stored, layer in family.stored_tensors(shape, self.prefix):
+            expected.add(name)
+            self._check(name, stored_shape(stored, shape, layer))
+            offset = 0
+            for role in stored.roles:
+                self.where[(role, layer)] = (name, offset, stored)
+                offset += shape.role_shape(role, layer)[0]
+        tied_head = family.name_of(family.globals[-1], None, self.prefix) if shape.tie_embeddings else None
+        extra = sorted(n for n in names if n not in expected and n != tied_head and not family.is_ignored(n))
+        if extra:
+            raise CheckpointError(f"the input has {len(extra)} tensor(s) the spec's model does not, "
+                                  f"e.g. '{extra[0]}'", path=path)
+        self._cached: tuple = (None, None)
+
+    def _check(self, name: str, shape: tuple[int, ...]) -> None:
+        if name not in self._names:
+            raise CheckpointError(f"tensor '{name}' of the spec's model is missing from the input", path=self.path)
+        found = tuple(self.files.shape(name))
+        if found != shape:
+            raise CheckpointError(f"tensor '{name}': the spec's model expects shape {shape}, found {found}",
+                                  path=self.path)
+        dtype = self.files.dtype(name)
+        if not dtype.is_floating_point:
+            raise CheckpointError(f"tensor '{name}': expected a floating-point dtype, found "
+                                  f"{str(dtype).replace('torch.', '')}", path=self.path)
+
+    def keys(self) -> list:
+        return list(self.where)
+
+    def shape(self, key) -> tuple[int, ...]:
+        return self.model.role_shape(*key)
+
+    def dtype(self, key) -> torch.dtype:
+        return self.files.dtype(self._locate(key)[0])
+
+    def rows(self, key, start: int, stop: int) -> torch.Tensor:
+        name, offset, stored = self._locate(key)
+        if not stored.transposed:
+            return self.files.read_rows(name, offset + start, offset + stop)
+        if self._cached[0] != name:  # Conv1D [in, out]: read once, serve the roles' rows
+            self._cached = (None, None)
+            self._cached = (name, self.files.read(name).T)
+        return self._cached[1][offset + start:offset + stop]
+
+    def _locate(self, key):
+        if key not in self.where:
+            raise CheckpointError(f"the model has no tensor {key[0]} (layer {key[1]})", path=self.path)
+        return self.where[key]
 
 
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint file, on the CPU."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+class Progress:
+    """A one-line progress report on stderr, refreshed at most every half second."""
 
-            return load_file(str(path))
-        if path.suffix in (".pt", ".pth", ".bin"):
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-                raise CheckpointError("expected a state dict of tensors", path=str(path))
-            return state
-    except CheckpointError:
-        raise
-    except Exception as exc:  # corrupt or foreign file: one clear line, no traceback
-        reason = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"cannot read checkpoint: {type(exc).__name__}: {reason}", path=str(path)) from None
-    raise InputError(
-        f"unsupported checkpoint type '{path.suffix}' (expected .safetensors, .pt, .pth or .bin)",
-        path=str(path),
-    )
+    def __init__(self, total_bytes: int, quiet: bool):
+        self.total, self.done = total_bytes, 0
+        self.quiet = quiet or total_bytes < 256 << 20  # small models finish before a report helps
+        self.started = self.shown = time.monotonic()
+
+    def advance(self, nbytes: int, name: str) -> None:
+        self.done += nbytes
+        now = time.monotonic()
+        if self.quiet or (now - self.shown < 0.5 and self.done < self.total):
+            return
+        self.shown = now
+        end = "\r" if sys.stderr.isatty() and self.done < self.total else "\n"
+        print(f"writing {self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB "
+              f"({100 * self.done / max(self.total, 1):.0f}%, {now - self.started:.0f} s) {name[:60]}",
+              end=end, file=sys.stderr, flush=True)
 
 
-def check_shapes(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], path: str) -> None:
-    """Every expected tensor present with its shape, and nothing else."""
-    for name, shape in expected.items():
-        if name not in state:
-            raise CheckpointError(f"tensor '{name}' of the spec's model is missing from the input", path=path)
-        if tuple(state[name].shape) != shape:
-            raise CheckpointError(
-                f"tensor '{name}': the spec's model expects shape {shape}, found {tuple(state[name].shape)}",
-                path=path,
-            )
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        raise CheckpointError(
-            f"the input has {len(extra)} tensor(s) the spec's model does not, e.g. '{extra[0]}'", path=path
-        )
+def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShape, source, *,
+                     dtype: torch.dtype | None, max_shard_bytes: int | None, metadata: dict[str, str],
+                     quiet: bool = True) -> list[str]:
+    """Write the stored tensors of ``shape`` pulled from ``source``; the file names written."""
+    tensors = family.stored_tensors(shape, prefix)
+    entries = [(name, dtype or source.dtype((stored.roles[0], layer)), stored_shape(stored, shape, layer))
+               for name, stored, layer in tensors]
+    by_name = {name: (stored, layer) for name, stored, layer in tensors}
+    shards = plan_shards(entries, max_shard_bytes)
+    files = shard_names(len(shards))
+    progress = Progress(sum(_nbytes(e) for e in entries), quiet)
+    for shard, file in zip(shards, files):
+        with SafetensorsWriter(folder / file, shard, metadata) as writer:
+            for name, out_dtype, _ in shard:
+                stored, layer = by_name[name]
+                for chunk in _stored_chunks(source, stored, layer):
+                    writer.write(name, chunk.to(out_dtype))
+                progress.advance(_nbytes((name, out_dtype, stored_shape(stored, shape, layer))), name)
+    if len(shards) > 1:
+        index = index_json(shards, files)
+        (folder / INDEX_FILES[0]).write_text(json.dumps(index, indent=2) + "\n")
+    return files
+
+
+def _stored_chunks(source, stored, layer):
+    """The stored tensor in row bands (one role, [out, in]) or whole (fused or Conv1D)."""
+    keys = [(role, layer) for role in stored.roles]
+    if len(keys) == 1 and not stored.transposed:
+        for start, stop in bands(source, keys[0]):
+            yield source.rows(keys[0], start, stop)
+        return
+    parts = torch.cat([whole(source, key) for key in keys])
+    yield parts.T.contiguous() if stored.transposed else parts
+
+
+def _nbytes(entry) -> int:
+    _, dtype, shape = entry
+    n = dtype.itemsize
+    for s in shape:
+        n *= s
+    return n
+
+
+def copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Copy a HF folder's other files (tokenizer, generation config, ...) but weights and config."""
+    copied = []
+    for item in sorted(src.iterdir()):
+        if not item.is_file() or item.name == "config.json" or item.name in INDEX_FILES \
+                or item.suffix in WEIGHT_SUFFIXES or item.name.startswith("specgrow-"):
+            continue
+        shutil.copy2(item, dst / item.name)
+        copied.append(item.name)
+    return copied
 
 
 @contextlib.contextmanager

@@ -1,5 +1,10 @@
 """The numeric check: original vs grown logits on seeded random tokens.
 
+Logits come from `streamed_logits`, the reference semantics computed from a *source*
+(`specgrow.lower.stream`) with every weight read band by band, so checking a large
+checkpoint holds activations and one band of weights, never the model. The grown side is
+read back from the files just written: the check covers the bytes on disk.
+
 Tolerance (per element, as `torch.testing.assert_close`): ``|a - b| <= atol + rtol * |a|``
 with the values of `TOLERANCE` for the checkpoint's dtype; fp32 uses atol = rtol = 1e-4.
 """
@@ -10,7 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from specgrow.models.reference import build
+from specgrow.lower.stream import StateSource, bands, whole
+from specgrow.models.reference import activate, attend, normalize
 from specgrow.shape import ModelShape
 
 TOLERANCE = {  # dtype -> (atol, rtol)
@@ -39,15 +45,64 @@ class NumericResult:
                 f"({self.dtype} tolerance atol={self.atol:g}, rtol={self.rtol:g})")
 
 
-def tokens_for(shape: ModelShape, seed: int, device) -> torch.Tensor:
+def tokens_for(shape: ModelShape, seed: int, device, window: int | None = None) -> torch.Tensor:
+    """Two seeded sequences of up to 16 tokens (no longer than a sliding-attention window)."""
     gen = torch.Generator().manual_seed(seed)
-    length = min(shape.positions, 16)
+    length = min(shape.positions, 16, window or 16)
     return torch.randint(0, shape.vocab, (2, length), generator=gen).to(device)  # (B, T)
 
 
-@torch.no_grad()
 def logits(shape: ModelShape, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-    return build(shape, state, device=tokens.device)(tokens).float()
+    """Logits of an in-memory state dict with the reference model's tensor names."""
+    from specgrow.shape import tensor_name
+
+    source = StateSource({key: state[tensor_name(*key)] for key in shape.tensor_keys()})
+    return streamed_logits(shape, source, tokens)
+
+
+@torch.no_grad()
+def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes: int = 32 << 20) -> torch.Tensor:
+    """Logits (B, T, vocab) in fp32, reading each weight from ``source`` band by band."""
+    device = tokens.device
+
+    def vector(role, layer=None):
+        return whole(source, (role, layer)).to(device).float()
+
+    def linear(x, prefix, layer=None, key=None):  # x @ W.T (+ b); W read in bands of rows
+        key = key or (f"{prefix}.weight", layer)
+        out = [x @ source.rows(key, a, b).to(device).float().T for a, b in bands(source, key, band_bytes)]
+        y = torch.cat(out, dim=-1)
+        return y + vector(f"{prefix}.bias", layer) if shape.has_role(f"{prefix}.bias") else y
+
+    def norm(x, prefix, layer=None):
+        bias = vector(f"{prefix}.bias", layer) if shape.norm == "layernorm" else None
+        return normalize(x, shape.norm, shape.norm_eps, vector(f"{prefix}.weight", layer), bias)
+
+    x = _embed(source, tokens, shape.hidden, band_bytes)  # (B, T, h)
+    if shape.position == "learned":
+        x = x + source.rows(("pos.weight", None), 0, tokens.shape[1]).to(device).float()
+    for i, s in enumerate(shape.layers):
+        h = norm(x, "attn_norm", i)
+        heads = attend(linear(h, "attn.q", i), linear(h, "attn.k", i), linear(h, "attn.v", i), s,
+                       shape.position, shape.rope_theta)
+        x = x + linear(heads, "attn.o", i)
+        h = norm(x, "mlp_norm", i)
+        gate = linear(h, "mlp.gate", i) if shape.activation == "swiglu" else None
+        x = x + linear(activate(shape.activation, linear(h, "mlp.up", i), gate), "mlp.down", i)
+    if shape.final_norm:
+        x = norm(x, "final_norm")
+    head = ("embed.weight", None) if shape.tie_embeddings else ("unembed.weight", None)
+    return linear(x, "unembed", key=head)
+
+
+def _embed(source, tokens: torch.Tensor, hidden: int, band_bytes: int) -> torch.Tensor:
+    """The embedding rows of ``tokens``, gathered band by band."""
+    x = torch.zeros(tokens.shape + (hidden,), device=tokens.device)
+    for a, b in bands(source, ("embed.weight", None), band_bytes):
+        hit = (tokens >= a) & (tokens < b)
+        if hit.any():
+            x[hit] = source.rows(("embed.weight", None), a, b).to(tokens.device).float()[tokens[hit] - a]
+    return x
 
 
 def compare(reference: torch.Tensor, grown: torch.Tensor, dtype: torch.dtype, seed: int) -> NumericResult:

@@ -41,9 +41,13 @@ class Norm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(width)) if kind == "layernorm" else None
 
     def forward(self, x):
-        if self.kind == "layernorm":
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return normalize(x, self.kind, self.eps, self.weight, self.bias)
+
+
+def normalize(x, kind: str, eps: float, weight, bias=None):
+    if kind == "layernorm":
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
 def rope(x, theta: float):
@@ -68,21 +72,25 @@ class Attention(nn.Module):
         self.o = nn.Linear(s.heads * s.value, hidden, bias="o" in bias)
 
     def forward(self, x):
-        B, T, _ = x.shape
-        s = self.s
-        q = self.q(x).view(B, T, s.heads, s.key).transpose(1, 2)  # (B, H, T, k)
-        k = self.k(x).view(B, T, s.kv_heads, s.key).transpose(1, 2)  # (B, G, T, k)
-        v = self.v(x).view(B, T, s.kv_heads, s.value).transpose(1, 2)  # (B, G, T, v)
-        if self.position == "rope":
-            q, k = rope(q, self.theta), rope(k, self.theta)
-        group = s.heads // s.kv_heads
-        k = k.repeat_interleave(group, dim=1)  # (B, H, T, k)
-        v = v.repeat_interleave(group, dim=1)  # (B, H, T, v)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(s.key)  # (B, H, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-        out = scores.softmax(-1) @ v  # (B, H, T, v)
-        return self.o(out.transpose(1, 2).reshape(B, T, s.heads * s.value))
+        return self.o(attend(self.q(x), self.k(x), self.v(x), self.s, self.position, self.theta))
+
+
+def attend(q, k, v, s: LayerShape, position: str, theta: float):
+    """Causal multi-head attention of projected ``q`` (B, T, H*k), ``k`` (B, T, G*k), ``v`` (B, T, G*v)."""
+    B, T, _ = q.shape
+    q = q.view(B, T, s.heads, s.key).transpose(1, 2)  # (B, H, T, k)
+    k = k.view(B, T, s.kv_heads, s.key).transpose(1, 2)  # (B, G, T, k)
+    v = v.view(B, T, s.kv_heads, s.value).transpose(1, 2)  # (B, G, T, v)
+    if position == "rope":
+        q, k = rope(q, theta), rope(k, theta)
+    group = s.heads // s.kv_heads
+    k = k.repeat_interleave(group, dim=1)  # (B, H, T, k)
+    v = v.repeat_interleave(group, dim=1)  # (B, H, T, v)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(s.key)  # (B, H, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~causal, float("-inf"))
+    out = scores.softmax(-1) @ v  # (B, H, T, v)
+    return out.transpose(1, 2).reshape(B, T, s.heads * s.value)
 
 
 class MLP(nn.Module):
@@ -94,9 +102,15 @@ class MLP(nn.Module):
         self.down = nn.Linear(width, hidden, bias="down" in bias)
 
     def forward(self, x):
-        if self.activation == "swiglu":
-            return self.down(F.silu(self.gate(x)) * self.up(x))
-        return self.down(ACTIVATIONS[self.activation](self.up(x)))
+        gate = self.gate(x) if self.gate is not None else None
+        return self.down(activate(self.activation, self.up(x), gate))
+
+
+def activate(activation: str, up, gate=None):
+    """The MLP's hidden units: ``act(up)``, or ``silu(gate) * up`` for swiglu."""
+    if activation == "swiglu":
+        return F.silu(gate) * up
+    return ACTIVATIONS[activation](up)
 
 
 class Layer(nn.Module):

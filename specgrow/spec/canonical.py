@@ -103,12 +103,17 @@ def uniform_steps(shape: Shape):
 
 
 def _check_family(doc: Document, arch: str, shape: Shape, when: str) -> None:
-    """The widths a HuggingFace config can express: one head_dim; GPT-2's heads x head_dim = hidden."""
+    """The widths a HuggingFace config can express: one head_dim; hidden divisible by heads (LLaMA),
+    equal to heads x head_dim (GPT-2)."""
     for i, layer in enumerate(shape.layers):
         if layer.key != layer.value:
             raise _fail(doc, ("model", "arch"), f"{arch} has one head_dim for queries, keys and values: "
                         f"grow key and value together (layer {i} of the {when} model has key {layer.key}, "
                         f"value {layer.value})")
+        if arch == "llama" and shape.hidden % layer.heads:
+            raise _fail(doc, ("model", "arch"), "llama configs need hidden divisible by heads (transformers "
+                        f"refuses the config otherwise): the {when} model has hidden {shape.hidden}, "
+                        f"{layer.heads} heads in layer {i}")
         if arch == "gpt2" and (layer.heads * layer.key != shape.hidden or layer.kv_heads != layer.heads):
             raise _fail(doc, ("model", "arch"), "gpt2 needs heads x head_dim = hidden and no kv grouping: "
                         f"layer {i} of the {when} model has {layer.heads} heads of {layer.key} "

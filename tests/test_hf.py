@@ -1,0 +1,145 @@
+"""Real HuggingFace checkpoints: tiny random models built by `transformers` from configs (no hub),
+grown by `specgrow apply`, reloaded with `AutoModelForCausalLM.from_pretrained`.
+
+Tolerance: fp32 logits, atol = rtol = 1e-4 (as `specgrow apply`'s own numeric check).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import (
+    AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config,
+)
+
+from specgrow.arch.hf import expected_model
+from specgrow.cli import main
+
+ATOL = RTOL = 1e-4
+COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              max_position_embeddings=64, rms_norm_eps=1e-5, head_dim=8)
+
+
+def config_of(kind: str, **over):
+    if kind == "gpt2":
+        cfg = dict(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return GPT2Config(**{**cfg, **over})
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[kind]
+    return cls(**{**COMMON, **over})
+
+
+def save_tiny(kind: str, folder: Path, max_shard_size=None, **over):
+    """A seeded random model (norm gains and biases perturbed, so they matter) saved to ``folder``."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config_of(kind, **over)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p)) if name.endswith("weight") else p.copy_(0.1 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    (folder / "tokenizer_config.json").write_text('{"model_max_length": 64}\n')
+    return model
+
+
+def spec_for(folder: Path, steps, path: Path) -> str:
+    model = expected_model(json.loads((folder / "config.json").read_text()))
+    model["bias"] = list(model["bias"])
+    path.write_text(yaml.safe_dump({"specgrow": 1, "model": model, "seed": 3, "steps": steps}, sort_keys=False))
+    return str(path)
+
+
+def tokens(vocab=97, length=12):
+    return torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(1))
+
+
+def grow_and_compare(tmp_path, kind, steps, *, shard_in=None, shard_out=None, **over):
+    src, out = tmp_path / "in", tmp_path / "out"
+    original = save_tiny(kind, src, shard_in, **over)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    spec = spec_for(src, steps, tmp_path / "spec.yaml")
+    args = ["apply", spec, "--input", str(src), "-o", str(out), "-q"]
+    assert main(args + (["--max-shard-size", shard_out] if shard_out else [])) == 0
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the input is never touched
+    grown = AutoModelForCausalLM.from_pretrained(out).eval()
+    t = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(grown(t).logits, original(t).logits, atol=ATOL, rtol=RTOL)
+    return grown, out
+
+
+LLAMA_STEPS = {
+    "mlp": [{"mlp": {"to": 96}}],
+    "mlp-duplicate": [{"mlp": {"to": 128, "method": "duplicate", "noise": 0.01}}],
+    "heads": [{"heads": {"add": 4}}],
+    "head-dim": [{"key": {"to": 16}}, {"value": {"to": 16}}],
+    "hidden": [{"hidden": {"to": 48}}],
+    "hidden-duplicate": [{"hidden": {"to": 64, "method": "duplicate"}}],
+    "layers": [{"layers": {"add": 1, "at": 1}}],
+    "subset": [{"mlp": {"to": 80, "layers": [0]}}, {"heads": {"add": 4, "layers": [1]}}],
+    "composite": [{"mlp": {"to": 96}}, {"heads": {"add": 2}}, {"value": {"to": 16}}, {"key": {"to": 16}},
+                  {"hidden": {"to": 48}}, {"layers": {"add": 2, "at": 0}}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA_STEPS))
+def test_llama_mha_untied(tmp_path, name):
+    grow_and_compare(tmp_path, "llama", LLAMA_STEPS[name])
+
+
+@pytest.mark.parametrize("name", ["heads", "hidden", "composite"])
+def test_llama_gqa_tied(tmp_path, name):
+    grow_and_compare(tmp_path, "llama", LLAMA_STEPS[name], num_key_value_heads=2, tie_word_embeddings=True)
+
+
+def test_llama_biases_sharded_in_and_out(tmp_path):
+    grown, out = grow_and_compare(tmp_path, "llama", LLAMA_STEPS["composite"], attention_bias=True, mlp_bias=True,
+                                  shard_in="40KB", shard_out="60KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    assert grown.config.num_hidden_layers == 4 and grown.config.hidden_size == 48
+
+
+def test_mistral_sliding_window(tmp_path):
+    grown, out = grow_and_compare(tmp_path, "mistral", LLAMA_STEPS["composite"], num_key_value_heads=2,
+                                  sliding_window=32)
+    assert grown.config.sliding_window == 32
+    manifest = json.loads((out / "specgrow-manifest.json").read_text())
+    assert manifest["numeric_check"]["passed"]
+
+
+def test_qwen2_qkv_biases_and_layer_types(tmp_path):
+    grown, out = grow_and_compare(tmp_path, "qwen2", LLAMA_STEPS["composite"], num_key_value_heads=2)
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["layer_types"]) == config["num_hidden_layers"] == 4
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]
+    assert (out / "tokenizer_config.json").is_file()
+
+
+GPT2_STEPS = {
+    "mlp": [{"mlp": {"to": 96}}],
+    "mlp-duplicate": [{"mlp": {"to": 128, "method": "duplicate"}}],
+    "layers": [{"layers": {"add": 1, "at": 0}}],
+    "hidden-heads": [{"hidden": {"to": 64, "method": "duplicate"}}, {"heads": {"add": 4}}],
+    "hidden-duplicate-head-dim": [{"hidden": {"to": 64, "method": "duplicate"}}, {"key": {"to": 16}},
+                                  {"value": {"to": 16}}],
+    "composite": [{"mlp": {"to": 96}}, {"heads": {"add": 4}}, {"hidden": {"to": 64, "method": "duplicate"}},
+                  {"layers": {"add": 1}}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GPT2_STEPS))
+def test_gpt2(tmp_path, name):
+    grow_and_compare(tmp_path, "gpt2", GPT2_STEPS[name])
+
+
+def test_gpt2_untied_sharded(tmp_path):
+    grow_and_compare(tmp_path, "gpt2", GPT2_STEPS["composite"], tie_word_embeddings=False, shard_in="30KB",
+                     shard_out="50KB")
