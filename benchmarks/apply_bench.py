@@ -27,9 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import yaml
-
 SIZES = {
     "2gb": dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=16, num_key_value_heads=16,
                 num_hidden_layers=8, vocab_size=32000, grow_to=2560),
@@ -39,7 +36,9 @@ SIZES = {
 
 
 def make_checkpoint(folder: Path, size: str) -> tuple[Path, dict]:
-    """A LLaMA-shaped HF folder with random fp32 weights, written tensor by tensor."""
+    """A LLaMA-shaped HF folder with random fp32 weights (run in a child: this process stays small)."""
+    import torch
+    import yaml
     from safetensors.torch import save_file
 
     dims = dict(SIZES[size])
@@ -94,10 +93,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="2gb")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)  # internal: write the checkpoint
     args = parser.parse_args()
+    if args.make:
+        spec, facts = make_checkpoint(Path(args.make) / "in", args.size)
+        print(json.dumps({"spec": str(spec), **facts}))
+        return 0
+    # The parent never imports torch: a child's peak RSS (ru_maxrss) would include this
+    # process's pages at fork time.
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        spec, facts = make_checkpoint(root / "in", args.size)
+        made = subprocess.run([sys.executable, __file__, "--size", args.size, "--make", tmp], check=True,
+                              capture_output=True, text=True)
+        facts = json.loads(made.stdout)
+        spec = facts["spec"]
         out = root / "out"
         apply = [sys.executable, "-m", "specgrow.cli", "apply", str(spec), "--input", str(root / "in"),
                  "-o", str(out), "-q", "--overwrite", "--device", "cpu"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from specgrow.arch import FAMILIES, REFERENCE
 from specgrow.arch.hf import cross_check, family_of, grown_config, layer_origins, read_config, shortest_window
 from specgrow.errors import InputError, NumericCheckError, SpecError, UnprovedError
 from specgrow.lower.checkpoint import (
-    RoleSource, atomic_directory, copy_side_files, sha256_file, write_checkpoint,
+    RoleSource, atomic_directory, copy_side_files, one_malloc_arena, sha256_file, write_checkpoint,
 )
 from specgrow.lower.numeric import compare, streamed_logits, tokens_for
 from specgrow.lower.safetensors_io import CheckpointFiles, parse_size
@@ -60,10 +61,21 @@ class Opened:
     folder: Path | None  # the HF folder (for its tokenizer and other files)
     manifest: dict
     files: object = None
+    path: Path | None = None
+    shape: object = None
 
     def close(self):
         if self.files is not None:
             self.files.close()
+
+    def reference_logits(self, tokens, pool: ThreadPoolExecutor):
+        """The input's logits, computed on ``pool`` from a second reader of its own."""
+        def run():
+            if self.files is None:
+                return streamed_logits(self.shape, self.source, tokens)
+            with CheckpointFiles(self.path) as files:
+                return streamed_logits(self.shape, RoleSource(files, self.family, self.shape, str(self.path)), tokens)
+        return pool.submit(run)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,7 +123,7 @@ def open_input(spec, plan, path: str | None) -> Opened:
                             "(only the reference model has an embedded default)", path=spec.path)
         state = random_state(plan.before, spec.seed)
         source = StateSource({key: state[tensor_name(*key)] for key in plan.before.tensor_keys()})
-        return Opened(source, REFERENCE, "", None, None, {"reference_model_seed": spec.seed})
+        return Opened(source, REFERENCE, "", None, None, {"reference_model_seed": spec.seed}, shape=plan.before)
     where = Path(path)
     if not where.exists():
         raise InputError(f"cannot read input checkpoint: no such file or folder '{where}'", path=path)
@@ -126,14 +138,15 @@ def open_input(spec, plan, path: str | None) -> Opened:
         family = FAMILIES[family_of(config, str(where))]
     else:
         family = REFERENCE
-    files = CheckpointFiles(where)
+    files = CheckpointFiles(where)  # raises for a corrupt or incomplete checkpoint
     try:
         source = RoleSource(files, family, plan.before, path)
     except Exception:
         files.close()
         raise
-    manifest = {"path": str(where), "files": {p.name: sha256_file(p) for p in files.files()}}
-    return Opened(source, family, source.prefix, config, where if config is not None else None, manifest, files)
+    manifest = {"path": str(where), "files": _hash_in_background(files.files())}
+    return Opened(source, family, source.prefix, config, where if config is not None else None, manifest, files,
+                  where, plan.before)
 
 
 def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
@@ -141,6 +154,7 @@ def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
     from specgrow.verify.report import obligation_count, render_markdown
 
     max_shard = _shard_bytes(options.max_shard_size)
+    one_malloc_arena()  # before any worker thread starts
     cert = prove(spec, options.allow_unproved, log)
     certificate = render_markdown(cert)
     device = resolve_device(options.device)
@@ -162,10 +176,12 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
     window = shortest_window(opened.config) if opened.config else None
     tokens = tokens_for(plan.before, spec.seed, device, window)
     metadata = {"format": "pt", "specgrow_spec_sha256": spec.sha256}
-    with atomic_directory(options.output, options.overwrite) as tmp:
+    with atomic_directory(options.output, options.overwrite) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+        reference_future = opened.reference_logits(tokens, pool)  # overlaps with writing
         files = write_checkpoint(tmp, opened.family, opened.prefix, plan.after, grown, dtype=dtype,
                                  max_shard_bytes=max_shard, metadata=metadata, quiet=options.quiet)
-        reference = streamed_logits(plan.before, opened.source, tokens)
+        output_hashes = _hash_in_background([tmp / name for name in files])
+        reference = reference_future.result()
         with CheckpointFiles(tmp) as written:
             after = streamed_logits(plan.after, RoleSource(written, opened.family, plan.after, str(tmp)), tokens)
         result = compare(reference, after, check_dtype, spec.seed)
@@ -192,7 +208,7 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
             "specgrow": __version__,
             "spec": {"path": spec.path, "sha256": spec.sha256},
             "seed": spec.seed,
-            "input": opened.manifest,
+            "input": {key: _resolved(value) for key, value in opened.manifest.items()},
             "device": str(device),
             "versions": _versions(),
             "proof": {
@@ -202,13 +218,25 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
             },
             "numeric_check": result.as_dict(),
             "parameters": {"before": plan.before.parameter_count(), "after": plan.after.parameter_count()},
-            "output": {"files": {name: sha256_file(tmp / name) for name in files}, "copied": copied},
+            "output": {"files": _resolved(output_hashes), "copied": copied},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"grew {plan.before.parameter_count():,} -> {plan.after.parameter_count():,} parameters "
         f"in {len(plan.steps)} step(s) on {device}; proof {cert.verdict.value}; "
         f"numeric check {'passed' if result.passed else 'FAILED'}: {result.summary()}; wrote {options.output}")
     return manifest
+
+
+def _hash_in_background(paths) -> dict:
+    """``{file name: future sha256}``, hashed on a worker thread while the main thread works."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    futures = {p.name: pool.submit(sha256_file, p) for p in paths}
+    pool.shutdown(wait=False)
+    return futures
+
+
+def _resolved(value):
+    return {name: future.result() for name, future in value.items()} if isinstance(value, dict) else value
 
 
 def _shard_bytes(text: str | None) -> int | None:

@@ -17,7 +17,9 @@ import os
 import shutil
 import signal
 import sys
+import queue
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -101,6 +103,25 @@ class RoleSource:
         return self.where[key]
 
 
+def one_malloc_arena() -> None:
+    """Make glibc's threads share one malloc arena (a no-op elsewhere).
+
+    The writer and hashing threads free bands that other threads allocated; with an arena
+    per thread each keeps its freed bands, and peak memory of growing a 2 GB checkpoint
+    roughly doubles (benchmarks/apply_bench.py measures it).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(-8, 1)  # M_ARENA_MAX
+    except OSError:
+        pass
+
+
 class Progress:
     """A one-line progress report on stderr, refreshed at most every half second."""
 
@@ -133,16 +154,52 @@ def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShap
     files = shard_names(len(shards))
     progress = Progress(sum(_nbytes(e) for e in entries), quiet)
     for shard, file in zip(shards, files):
-        with SafetensorsWriter(folder / file, shard, metadata) as writer:
+        with SafetensorsWriter(folder / file, shard, metadata) as writer, _Background(writer.write) as write:
             for name, out_dtype, _ in shard:
                 stored, layer = by_name[name]
                 for chunk in _stored_chunks(source, stored, layer):
-                    writer.write(name, chunk.to(out_dtype))
+                    write(name, chunk.to(out_dtype))
                 progress.advance(_nbytes((name, out_dtype, stored_shape(stored, shape, layer))), name)
     if len(shards) > 1:
         index = index_json(shards, files)
         (folder / INDEX_FILES[0]).write_text(json.dumps(index, indent=2) + "\n")
     return files
+
+
+class _Background:
+    """Run ``fn(*args)`` calls in order on one worker thread.
+
+    Writing is bound by the kernel's write-back, computing the next band by the CPU: a
+    worker lets the two overlap. A failure in the worker is raised at the next call or on
+    leaving the block.
+    """
+
+    def __init__(self, fn):
+        self.fn, self.calls, self.error = fn, queue.Queue(maxsize=1), None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while (call := self.calls.get()) is not None:
+            if self.error is None:
+                try:
+                    self.fn(*call)
+                except BaseException as exc:  # re-raised in the calling thread
+                    self.error = exc
+
+    def __call__(self, *args):
+        if self.error is not None:
+            raise self.error
+        self.calls.put(args)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.calls.put(None)
+        self.thread.join()
+        if self.error is not None and exc_type is None:
+            raise self.error
 
 
 def _stored_chunks(source, stored, layer):

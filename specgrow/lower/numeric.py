@@ -61,7 +61,7 @@ def logits(shape: ModelShape, state: dict[str, torch.Tensor], tokens: torch.Tens
 
 
 @torch.no_grad()
-def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes: int = 32 << 20) -> torch.Tensor:
+def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes: int = 8 << 20) -> torch.Tensor:
     """Logits (B, T, vocab) in fp32, reading each weight from ``source`` band by band."""
     device = tokens.device
 

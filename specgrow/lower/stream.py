@@ -145,34 +145,37 @@ class StepSource:
             return torch.empty((j1 - j0,) + tail, device=self.device)
         length = block.where[0].length()
         first, last = j0 // TILE, (j1 - 1) // TILE
-        tiles = []
+        begin = first * TILE
+        out = torch.empty((min(length, (last + 1) * TILE) - begin,) + tail, device=self.device)
+        draw = torch.rand if kind == "uniform" else torch.randn
         for tile in range(first, last + 1):
             gen = torch.Generator(device=self.device).manual_seed(_tile_seed(seed, tile))
-            shape = (min(TILE, length - tile * TILE),) + tail
-            draw = torch.rand if kind == "uniform" else torch.randn
-            tiles.append(draw(shape, generator=gen, device=self.device))
-        return torch.cat(tiles)[j0 - first * TILE:j1 - first * TILE]
+            rows = out[tile * TILE - begin:min(length, (tile + 1) * TILE) - begin]
+            draw(rows.shape, generator=gen, device=self.device, out=rows)
+        return out[j0 - begin:j1 - begin]
 
     def _moments_of(self, key) -> tuple[float, float]:
         """Mean and (unbiased) std of the old tensor ``key``, read band by band."""
         if key not in self._moments:
             if self.device.type == "meta":
                 self._moments[key] = (0.0, 0.0)
-            else:
-                total = square = 0.0
-                count = 0
+            else:  # per-band mean and sum of squared deviations, merged (Chan et al.)
+                count, mean, m2 = 0, 0.0, 0.0
                 for start, stop in bands(self.prev, key):
-                    band = self.prev.rows(key, start, stop).double()
-                    total += float(band.sum())
-                    square += float((band * band).sum())
-                    count += band.numel()
-                mean = total / max(count, 1)
-                var = (square - count * mean * mean) / (count - 1) if count > 1 else 0.0
-                self._moments[key] = (mean, max(var, 0.0) ** 0.5)
+                    band = self.prev.rows(key, start, stop).float()
+                    n = band.numel()
+                    band_var, band_mean = (float(v) for v in torch.var_mean(band, correction=0))
+                    band_m2 = band_var * n
+                    delta = band_mean - mean
+                    mean += delta * n / (count + n)
+                    m2 += band_m2 + delta * delta * count * n / (count + n)
+                    count += n
+                var = m2 / (count - 1) if count > 1 else 0.0
+                self._moments[key] = (mean, var ** 0.5)
         return self._moments[key]
 
 
-def bands(source, key, max_bytes: int = 16 << 20):
+def bands(source, key, max_bytes: int = 8 << 20):
     """``(start, stop)`` row bands of one tensor, each at most ``max_bytes`` (at least one row)."""
     shape = source.shape(key)
     if not shape:
