@@ -345,3 +345,28 @@ def test_bias_is_the_set_of_projections_with_a_bias(raw, expected):
 def test_a_bias_list_admits_only_projections():
     with pytest.raises(SpecError, match="bias"):
         spec_of("  - mlp: {to: 512}\n", model="bias: [q, w_in]")
+
+
+LLAMA = "arch: llama\nnorm: rmsnorm\nactivation: swiglu\nposition: rope"
+
+
+@pytest.mark.parametrize("model,steps,message", [
+    (LLAMA, "  - key: {to: 32}\n", "llama has one head_dim for queries, keys and values: grow key and value "
+                                   "together (layer 0 of the grown model has key 32, value 16)"),
+    (LLAMA, "  - heads: {add: 2}\n", "llama configs need hidden divisible by heads"),
+    ("arch: gpt2\nnorm: layernorm", "  - hidden: {to: 128, method: duplicate}\n",
+     "gpt2 needs heads x head_dim = hidden and no kv grouping: layer 0 of the grown model has 4 heads of 16"),
+])
+def test_hf_families_refuse_shapes_their_config_cannot_express(model, steps, message):
+    with pytest.raises(SpecError, match=re.escape(message)) as caught:
+        spec_of(steps, model=model)
+    assert caught.value.line == 4  # located at model.arch
+
+
+def test_hf_families_pad_partially_grown_layers_to_one_width():
+    spec = spec_of("  - mlp: {to: 512, layers: [0]}\n  - heads: {add: 4, layers: [1]}\n", model=LLAMA)
+    assert spec.user_steps == 2
+    added = spec.steps[2:]
+    assert [(s.kind, s.layers) for s in added] == [("mlp", (1,)), ("heads", (0,))]
+    assert added[0].to == 512 and added[1].add == 4
+    assert spec_of("  - mlp: {to: 512, layers: [0]}\n").steps[1:] == ()  # reference models keep their shapes
