@@ -137,7 +137,7 @@ def _plan(args) -> int:
     from specgrow.transforms import compile_spec
 
     spec = load_spec(args.spec)
-    print(render(compile_spec(spec), spec.steps, spec.user_steps))
+    print(render(compile_spec(spec), spec.steps, spec.user_steps, spec.model.arch))
     return 0
 
 

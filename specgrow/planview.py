@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from specgrow.ir import Plan
-from specgrow.shape import tensor_name
 
 
 def describe_step(step) -> str:
@@ -25,13 +24,20 @@ def _block(block) -> str:
     return f"[{where}]={block.source.describe()}"
 
 
-def render(plan: Plan, steps, user_steps: int = -1) -> str:
+def render(plan: Plan, steps, user_steps: int = -1, arch: str = "reference") -> str:
     """One section per step: a row per edited tensor, moved tensors summarised.
 
-    Steps from ``user_steps`` on were added to pad every layer to one width (HF families).
+    Tensors are named as the ``arch`` family stores them; shapes are in the ``[out, in]``
+    layout. Steps from ``user_steps`` on were added to pad every layer to one width.
     """
+    from specgrow.arch import FAMILIES
+
+    name_of = FAMILIES[arch].display_name
     concrete = plan.concrete()
     lines = []
+    if arch != "reference":
+        lines.append(f"tensors as {arch} checkpoints name them; shapes [out, in] ([q] a part of a fused tensor, "
+                     ".T stored transposed)")
     for step_plan, step in zip(concrete.steps, steps):
         before, after = step_plan.before.parameter_count(), step_plan.after.parameter_count()
         added = "  (added: HF configs need every layer at one width)" if 0 <= user_steps <= step_plan.index else ""
@@ -40,9 +46,9 @@ def render(plan: Plan, steps, user_steps: int = -1) -> str:
             lines.append(f"  norm_eps: {step_plan.before.norm_eps:g} -> {step_plan.after.norm_eps:g}")
         rows, moved = [], []
         for edit in step_plan.edits:
-            name = tensor_name(edit.role, edit.layer)
+            name = name_of(edit.role, edit.layer)
             if edit.is_identity():
-                moved.append(f"{tensor_name(*edit.source)} -> {name}")
+                moved.append(f"{name_of(*edit.source)} -> {name}")
                 continue
             old = "new" if edit.old_shape is None else _shape(edit.old_shape)
             blocks = "  ".join(_block(b) for b in edit.blocks)

@@ -144,3 +144,10 @@ def test_reference_output_folder_records_files_and_hashes(tmp_path, capsys):
     assert all(len(h) == 64 for h in manifest["output"]["files"].values())
     plan = compile_spec(load_spec(ROOT / "examples" / "six.yaml"))
     assert index["metadata"]["total_size"] == 4 * plan.after.parameter_count()
+
+
+def test_plan_names_tensors_as_the_family_stores_them(tmp_path, llama_folder, capsys):
+    _, spec = llama_folder
+    assert main(["plan", spec]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"model\.layers\.1\.mlp\.up_proj\.weight +\(64, 32\) -> \(96, 32\)", out)
