@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -107,18 +108,23 @@ def main() -> int:
                               capture_output=True, text=True)
         facts = json.loads(made.stdout)
         spec = facts["spec"]
-        out = root / "out"
-        apply = [sys.executable, "-m", "specgrow.cli", "apply", str(spec), "--input", str(root / "in"),
-                 "-o", str(out), "-q", "--overwrite", "--device", "cpu"]
+        out, copy = root / "out", root / "plain.safetensors"
+
+        def apply(run: str) -> list[str]:  # a fresh output folder each time, as a user would write
+            return [sys.executable, "-m", "specgrow.cli", "apply", spec, "--input", str(root / "in"),
+                    "-o", str(root / run), "-q", "--device", "cpu"]
+
         plain = [sys.executable, "-c", "import sys; from safetensors.torch import load_file, save_file; "
-                 "save_file(load_file(sys.argv[1]), sys.argv[2])", str(out / "model.safetensors"),
-                 str(root / "plain.safetensors")]
+                 "save_file(load_file(sys.argv[1]), sys.argv[2])", str(out / "model.safetensors"), str(copy)]
         baseline = [sys.executable, "-c", "import torch"]
-        run_measured(apply)  # warm the page cache and write the output the plain copy reads
+        run_measured(apply("out"))  # warms the page cache; its output is what the plain copy reads
         samples: dict[str, list] = {"apply": [], "plain": [], "baseline": []}
-        for _ in range(args.runs):
-            for name, command in (("apply", apply), ("plain", plain), ("baseline", baseline)):
-                samples[name].append(run_measured(command))
+        for run in range(args.runs):  # outputs are removed between runs, outside the timing
+            samples["apply"].append(run_measured(apply(f"run-{run}")))
+            shutil.rmtree(root / f"run-{run}")
+            samples["plain"].append(run_measured(plain))
+            copy.unlink()
+            samples["baseline"].append(run_measured(baseline))
         wall = {name: statistics.median(s[0] for s in runs) for name, runs in samples.items()}
         rss = {name: max(s[1] for s in runs) for name, runs in samples.items()}
     largest = facts["largest_output_bytes"]
