@@ -3,8 +3,9 @@
 Exit codes: 0 success, 1 invalid spec / not PROVED / failed check / bad checkpoint, 2 usage
 or IO. Every error is one line ``FILE:LINE:COL: error: MESSAGE`` on stderr (``check`` reports
 on stdout, in the chosen format). ``validate`` and ``plan`` never import torch, nor does
-``check`` of a PROVED spec; ``apply`` imports it only once the spec is valid. SymPy is
-imported only by the commands that prove.
+``check`` of a PROVED spec; ``apply`` imports it only once the spec is valid. SymPy (the
+IR's shapes are SymPy expressions) is imported by the commands that compile a spec, never by
+``validate``.
 """
 
 from __future__ import annotations

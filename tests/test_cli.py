@@ -133,6 +133,7 @@ def test_validate_and_plan_do_not_import_torch():
         "import sys\n"
         "from specgrow.cli import main\n"
         f"assert main(['validate', {SIX!r}]) == 0\n"
+        "assert 'sympy' not in sys.modules, 'validate imported sympy'\n"
         f"assert main(['plan', {SIX!r}]) == 0\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
