@@ -151,3 +151,22 @@ def test_plan_names_tensors_as_the_family_stores_them(tmp_path, llama_folder, ca
     assert main(["plan", spec]) == 0
     out = capsys.readouterr().out
     assert re.search(r"model\.layers\.1\.mlp\.up_proj\.weight +\(64, 32\) -> \(96, 32\)", out)
+
+
+def test_pytorch_model_bin_folder_is_grown(tmp_path, capsys):
+    """A folder with pytorch_model.bin (read with weights_only=True) instead of safetensors."""
+    src = tmp_path / "in"
+    model = save_tiny("llama", src)
+    state = load_file(str(src / "model.safetensors"))
+    torch.save(state, str(src / "pytorch_model.bin"))
+    (src / "model.safetensors").unlink()
+    spec = spec_for(src, [{"hidden": {"to": 48}}], tmp_path / "spec.yaml")
+    code, err, out = _apply(tmp_path, spec, src, capsys)
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file() and not (out / "pytorch_model.bin").exists()
+    from transformers import AutoModelForCausalLM
+
+    grown = AutoModelForCausalLM.from_pretrained(out).eval()
+    t = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(grown(t).logits, model(t).logits, atol=1e-4, rtol=1e-4)
