@@ -21,21 +21,23 @@ dp + p
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Union
 
-import sympy
-
 Expr = Any  # a sympy.Expr in symbolic form, int/float once concrete
 
-SYMBOLS = {
-    name: sympy.Symbol(name, positive=True, integer=True)
-    for name in ("h", "dh", "V", "T", "p", "dp", "G", "dG", "r", "k", "dk", "v", "dv")
-}
+NAMES = ("h", "dh", "V", "T", "p", "dp", "G", "dG", "r", "k", "dk", "v", "dv")
 
 
-def sym(name: str) -> sympy.Symbol:
-    return SYMBOLS[name]
+@functools.lru_cache(maxsize=None)
+def sym(name: str):
+    """The positive-integer SymPy symbol of a dim (SymPy is imported on first use only)."""
+    import sympy
+
+    if name not in NAMES:
+        raise KeyError(name)
+    return sympy.Symbol(name, positive=True, integer=True)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Range:
     def length(self) -> Expr:
         if isinstance(self.start, int) and isinstance(self.stop, int):
             return max(0, -(-(self.stop - self.start) // self.step))
+        import sympy
+
         return sympy.ceiling((self.stop - self.start) / self.step)
 
     def describe(self) -> str:
@@ -163,7 +167,9 @@ class TensorEdit:
 
     def concrete(self) -> TensorEdit:
         """The same edit with every expression evaluated (ints for sizes, floats for scales)."""
-        env = {SYMBOLS[name]: sympy.Integer(value) for name, value in self.dims}
+        import sympy
+
+        env = {sym(name): sympy.Integer(value) for name, value in self.dims}
         blocks = tuple(
             b for b in (_concrete(block, env) for block in self.blocks) if _nonempty(b)
         )
@@ -201,7 +207,9 @@ class StepPlan:
     eps_dims: tuple[tuple[str, int], ...] = ()
 
     def concrete(self) -> StepPlan:
-        env = {SYMBOLS[name]: sympy.Integer(value) for name, value in self.eps_dims}
+        import sympy
+
+        env = {sym(name): sympy.Integer(value) for name, value in self.eps_dims}
         return dataclasses.replace(
             self,
             edits=tuple(e.concrete() for e in self.edits),
@@ -221,6 +229,8 @@ class Plan:
 
 # ------------------------------------------------------------------ evaluation
 def _int(expr: Expr, env) -> int:
+    import sympy
+
     value = sympy.sympify(expr).xreplace(env)
     if not value.is_Integer:
         raise ValueError(f"expression {expr} did not evaluate to an integer: {value}")
@@ -228,6 +238,8 @@ def _int(expr: Expr, env) -> int:
 
 
 def _float(expr: Expr, env) -> float:
+    import sympy
+
     return float(sympy.sympify(expr).xreplace(env).evalf())
 
 

@@ -218,3 +218,10 @@ def test_plan_table_lists_blocks(capsys):
     assert "norm_eps: 1e-06 -> 6.66667e-07" in out
     assert re.search(r"layers\.0\.attn\.k\.weight +\(96, 64\) -> \(144, 64\) .*\*1\.2247", out)
     assert "moved unchanged" not in out  # six.yaml inserts at the end: nothing moves
+
+
+def test_lowering_does_not_import_sympy_at_import_time():
+    """DESIGN: lower/ never imports sympy at import time (the IR imports it on first use)."""
+    code = "import sys, specgrow.lower.apply, specgrow.lower.stream\nassert 'sympy' not in sys.modules\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr

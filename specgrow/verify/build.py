@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy import BlockMatrix, MatrixSymbol, OneMatrix, ZeroMatrix
 
-from specgrow.ir import SYMBOLS, Const, Grouped, Old, Random, Range
+from specgrow.ir import Const, Grouped, Old, Random, Range, sym
 
 
 class Stuck(Exception):
@@ -71,7 +71,7 @@ class Symbolic:
 
 
 def _env(edit):
-    return {SYMBOLS[name]: sp.Integer(value) for name, value in edit.dims}
+    return {sym(name): sp.Integer(value) for name, value in edit.dims}
 
 
 def _inner(sel):
