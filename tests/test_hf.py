@@ -143,3 +143,20 @@ def test_gpt2(tmp_path, name):
 def test_gpt2_untied_sharded(tmp_path):
     grow_and_compare(tmp_path, "gpt2", GPT2_STEPS["composite"], tie_word_embeddings=False, shard_in="30KB",
                      shard_out="50KB")
+
+
+def test_bfloat16_checkpoint_stays_bfloat16(tmp_path):
+    """bf16 weights: scaled blocks are computed in fp32 and rounded once; bf16 tolerance 5e-2."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config_of("llama", num_key_value_heads=2)).to(torch.bfloat16).eval()
+    model.save_pretrained(src)
+    spec = spec_for(src, LLAMA_STEPS["composite"], tmp_path / "spec.yaml")
+    assert main(["apply", spec, "--input", str(src), "-o", str(out), "-q"]) == 0
+    manifest = json.loads((out / "specgrow-manifest.json").read_text())
+    assert manifest["numeric_check"]["dtype"] == "bfloat16"
+    grown = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in grown.parameters()} == {torch.bfloat16}
+    t = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(grown(t).logits.float(), model(t).logits.float(), atol=5e-2, rtol=5e-2)

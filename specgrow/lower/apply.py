@@ -197,8 +197,8 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
             log(f"{spec.path}:{mark.line}:{mark.column}: warning: {message}; writing it (--allow-unproved)")
         if opened.config is not None:
             config = grown_config(opened.config, plan.after, layer_origins(spec))
-            if dtype is not None:
-                config["dtype"] = options.dtype
+            if dtype is not None:  # transformers 5 reads "dtype", 4.x "torch_dtype"
+                config.update({key: options.dtype for key in ("dtype", "torch_dtype") if key in config or key == "dtype"})
             copied = copy_side_files(opened.folder, tmp)
         else:
             config, copied = plan.after.to_config(), []
