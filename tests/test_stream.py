@@ -32,7 +32,7 @@ MIXED = [{"mlp": {"to": 64, "method": "duplicate", "noise": 0.01}}, {"heads": {"
 def _source(spec):
     plan = compile_spec(spec)
     state = random_state(plan.before, spec.seed)
-    return plan, StateSource({key: state[tensor_name(*key)] for key in plan.before.tensor_keys()})
+    return plan, StateSource.of_state(state, plan.before)
 
 
 @pytest.mark.parametrize("band_bytes", [64, 1000, 1 << 30])

@@ -53,18 +53,23 @@ class Family:
     def is_ignored(self, name: str) -> bool:
         return re.search(self.ignored, name) is not None
 
+    def stored_of(self, role: str, layer: int | None) -> Stored:
+        """The stored tensor that holds ``role``."""
+        for stored in self.globals if layer is None else self.layer:
+            if role in stored.roles:
+                return stored
+        raise KeyError(role)
+
     def display_name(self, role: str, layer: int | None) -> str:
         """The stored name of a role, ``[q]`` marking its part of a fused tensor, ``.T`` a Conv1D layout.
 
         >>> GPT2.display_name("attn.k.weight", 0)
         'transformer.h.0.attn.c_attn.weight[k].T'
         """
-        for stored in self.globals if layer is None else self.layer:
-            if role in stored.roles:
-                name = self.name_of(stored, layer, self.prefixes[0])
-                part = f"[{role.split('.')[1]}]" if len(stored.roles) > 1 else ""
-                return name + part + (".T" if stored.transposed else "")
-        raise KeyError(role)
+        stored = self.stored_of(role, layer)
+        name = self.name_of(stored, layer, self.prefixes[0])
+        part = f"[{role.split('.')[1]}]" if len(stored.roles) > 1 else ""
+        return name + part + (".T" if stored.transposed else "")
 
     def prefix_of(self, names) -> str:
         """The model prefix these stored names use (by the token embedding's name)."""

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from specgrow.errors import CheckpointError
 from specgrow.shape import ModelShape
+from specgrow.spec.types import PROJECTIONS
 
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
                     "relu": "relu", "silu": "silu", "swish": "silu"}
-ALL_BIASES = ("q", "k", "v", "o", "up", "gate", "down")
 
 
 def family_of(config: dict, path: str) -> str:
@@ -88,7 +88,7 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
                      "positions": _require(config, "n_positions", path)},
             "norm": "layernorm", "norm_eps": float(config.get("layer_norm_epsilon", 1e-5)),
             "activation": GPT2_ACTIVATIONS[activation], "position": "learned", "final_norm": True,
-            "tie_embeddings": bool(config.get("tie_word_embeddings", True)), "bias": ALL_BIASES,
+            "tie_embeddings": bool(config.get("tie_word_embeddings", True)), "bias": PROJECTIONS,
         }
     hidden, heads = _require(config, "hidden_size", path), _require(config, "num_attention_heads", path)
     if config.get("hidden_act", "silu") != "silu":
@@ -101,8 +101,8 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
     elif model_type == "mistral":
         bias = ()
     else:
-        bias = tuple(p for p in ALL_BIASES if (p in "qkvo" and config.get("attention_bias"))
-                     or (p in ("up", "gate", "down") and config.get("mlp_bias")))
+        attention, mlp = PROJECTIONS[:4], PROJECTIONS[4:]  # q k v o | up gate down
+        bias = (attention if config.get("attention_bias") else ()) + (mlp if config.get("mlp_bias") else ())
     return {
         "arch": "llama",
         "dims": {"hidden": hidden, "mlp": _require(config, "intermediate_size", path), "heads": heads,

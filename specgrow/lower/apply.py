@@ -58,11 +58,10 @@ class Opened:
     family: object
     prefix: str
     config: dict | None  # the HF config.json, None for specgrow's own inputs
-    folder: Path | None  # the HF folder (for its tokenizer and other files)
     manifest: dict
-    files: object = None
-    path: Path | None = None
-    shape: object = None
+    shape: object  # the spec's original model
+    files: object = None  # the open checkpoint files, None for the embedded default
+    path: Path | None = None  # the input file or folder (a HF folder when config is set)
 
     def close(self):
         if self.files is not None:
@@ -88,9 +87,8 @@ def resolve_device(name: str) -> torch.device:
 
 def grow_state(state, plan, device) -> list[dict[str, torch.Tensor]]:
     """The named state after each step of a concrete plan, in memory (first: the input on ``device``)."""
-    keys = plan.before.tensor_keys()
-    source = StateSource({key: state[tensor_name(*key)].to(device) for key in keys})
-    states = [{tensor_name(*key): source.tensors[key] for key in keys}]
+    source = StateSource.of_state(state, plan.before, device)
+    states = [{tensor_name(*key): t for key, t in source.tensors.items()}]
     for step in plan.steps:
         grown = chain(source, [step], device)
         source = StateSource({key: whole(grown, key) for key in grown.keys()})
@@ -121,9 +119,8 @@ def open_input(spec, plan, path: str | None) -> Opened:
         if arch != "reference":
             raise SpecError(f"model.arch {arch}: apply needs --input DIR, a HuggingFace checkpoint folder "
                             "(only the reference model has an embedded default)", path=spec.path)
-        state = random_state(plan.before, spec.seed)
-        source = StateSource({key: state[tensor_name(*key)] for key in plan.before.tensor_keys()})
-        return Opened(source, REFERENCE, "", None, None, {"reference_model_seed": spec.seed}, shape=plan.before)
+        source = StateSource.of_state(random_state(plan.before, spec.seed), plan.before)
+        return Opened(source, REFERENCE, "", None, {"reference_model_seed": spec.seed}, plan.before)
     where = Path(path)
     if not where.exists():
         raise InputError(f"cannot read input checkpoint: no such file or folder '{where}'", path=path)
@@ -145,8 +142,7 @@ def open_input(spec, plan, path: str | None) -> Opened:
         files.close()
         raise
     manifest = {"path": str(where), "files": _hash_in_background(files.files())}
-    return Opened(source, family, source.prefix, config, where if config is not None else None, manifest, files,
-                  where, plan.before)
+    return Opened(source, family, source.prefix, config, manifest, plan.before, files, where)
 
 
 def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
@@ -199,7 +195,7 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
             config = grown_config(opened.config, plan.after, layer_origins(spec))
             if dtype is not None:  # transformers 5 reads "dtype", 4.x "torch_dtype"
                 config.update({key: options.dtype for key in ("dtype", "torch_dtype") if key in config or key == "dtype"})
-            copied = copy_side_files(opened.folder, tmp)
+            copied = copy_side_files(opened.path, tmp)
         else:
             config, copied = plan.after.to_config(), []
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -27,7 +27,7 @@ import torch
 
 from specgrow.arch import Family, stored_shape
 from specgrow.errors import CheckpointError, InputError
-from specgrow.lower.safetensors_io import SafetensorsWriter, index_json, plan_shards, shard_names
+from specgrow.lower.safetensors_io import SafetensorsWriter, index_json, plan_shards, shard_names, tensor_bytes
 from specgrow.lower.stream import bands, whole
 from specgrow.shape import ModelShape
 
@@ -60,7 +60,8 @@ class RoleSource:
             for role in stored.roles:
                 self.where[(role, layer)] = (name, offset, stored)
                 offset += shape.role_shape(role, layer)[0]
-        tied_head = family.name_of(family.globals[-1], None, self.prefix) if shape.tie_embeddings else None
+        tied_head = family.name_of(family.stored_of("unembed.weight", None), None, self.prefix) \
+            if shape.tie_embeddings else None  # a tied checkpoint may still store the head: ignored
         extra = sorted(n for n in names if n not in expected and n != tied_head and not family.is_ignored(n))
         if extra:
             raise CheckpointError(f"the input has {len(extra)} tensor(s) the spec's model does not, "
@@ -152,14 +153,14 @@ def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShap
     by_name = {name: (stored, layer) for name, stored, layer in tensors}
     shards = plan_shards(entries, max_shard_bytes)
     files = shard_names(len(shards))
-    progress = Progress(sum(_nbytes(e) for e in entries), quiet)
+    progress = Progress(sum(tensor_bytes(dtype, shape) for _, dtype, shape in entries), quiet)
     for shard, file in zip(shards, files):
         with SafetensorsWriter(folder / file, shard, metadata) as writer, _Background(writer.write) as write:
-            for name, out_dtype, _ in shard:
+            for name, out_dtype, out_shape in shard:
                 stored, layer = by_name[name]
                 for chunk in _stored_chunks(source, stored, layer):
                     write(name, chunk.to(out_dtype))
-                progress.advance(_nbytes((name, out_dtype, stored_shape(stored, shape, layer))), name)
+                progress.advance(tensor_bytes(out_dtype, out_shape), name)
     if len(shards) > 1:
         index = index_json(shards, files)
         (folder / INDEX_FILES[0]).write_text(json.dumps(index, indent=2) + "\n")
@@ -211,14 +212,6 @@ def _stored_chunks(source, stored, layer):
         return
     parts = torch.cat([whole(source, key) for key in keys])
     yield parts.T.contiguous() if stored.transposed else parts
-
-
-def _nbytes(entry) -> int:
-    _, dtype, shape = entry
-    n = dtype.itemsize
-    for s in shape:
-        n *= s
-    return n
 
 
 def copy_side_files(src: Path, dst: Path) -> list[str]:

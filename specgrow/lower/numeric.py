@@ -54,10 +54,7 @@ def tokens_for(shape: ModelShape, seed: int, device, window: int | None = None) 
 
 def logits(shape: ModelShape, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
     """Logits of an in-memory state dict with the reference model's tensor names."""
-    from specgrow.shape import tensor_name
-
-    source = StateSource({key: state[tensor_name(*key)] for key in shape.tensor_keys()})
-    return streamed_logits(shape, source, tokens)
+    return streamed_logits(shape, StateSource.of_state(state, shape), tokens)
 
 
 @torch.no_grad()

@@ -61,7 +61,8 @@ def dtype_code(dtype: torch.dtype) -> str:
     return _CODE_OF[dtype]
 
 
-def _nbytes(dtype: torch.dtype, shape) -> int:
+def tensor_bytes(dtype: torch.dtype, shape) -> int:
+    """Bytes of a tensor of ``dtype`` and ``shape``."""
     return math.prod(shape) * dtype.itemsize
 
 
@@ -110,9 +111,9 @@ def _parse_header(raw: bytes, data_len: int) -> tuple[dict, dict]:
             raise ValueError(f"{where}: expected data_offsets [begin, end] with 0 <= begin <= end, "
                              f"found {json.dumps(offsets)[:100]}")
         dtype, (begin, end) = DTYPE_CODES[code], offsets
-        if end - begin != _nbytes(dtype, shape):
+        if end - begin != tensor_bytes(dtype, shape):
             raise ValueError(f"{where}: data_offsets {offsets} hold {end - begin} bytes, "
-                             f"shape {tuple(shape)} of {code} needs {_nbytes(dtype, shape)}")
+                             f"shape {tuple(shape)} of {code} needs {tensor_bytes(dtype, shape)}")
         entries[name] = (dtype, tuple(shape), begin, end)
     covered = 0
     for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: item[1][2:]):
@@ -141,7 +142,7 @@ class _Tensors:
         return self._info(name)[1]
 
     def nbytes(self, name: str) -> int:
-        return _nbytes(*self._info(name))
+        return tensor_bytes(*self._info(name))
 
     def read(self, name: str) -> torch.Tensor:
         """The whole tensor, on the CPU."""
@@ -192,7 +193,7 @@ class SafetensorsReader(_Tensors):
         dtype, shape = self._info(name)
         begin = self._entries[name][2]
         _check_rows(name, shape, start, stop)
-        row_bytes = _nbytes(dtype, shape[1:])
+        row_bytes = tensor_bytes(dtype, shape[1:])
         count = (stop - start) * row_bytes
         buf = torch.empty(count, dtype=torch.uint8)
         self._file.seek(self._data_start + begin + start * row_bytes)
@@ -224,7 +225,7 @@ class SafetensorsWriter:
         for name, dtype, shape in entries:
             if name in header or name == "__metadata__":
                 raise ValueError(f"tensor name '{name}' appears twice or is reserved")
-            end = offset + _nbytes(dtype, shape)
+            end = offset + tensor_bytes(dtype, shape)
             header[name] = {"dtype": dtype_code(dtype), "shape": [int(n) for n in shape],
                             "data_offsets": [offset, end]}
             offset = end
@@ -327,7 +328,7 @@ def plan_shards(entries: list[Entry], max_shard_bytes: int | None) -> list[list[
     shards: list[list[Entry]] = [[]]
     size = 0
     for entry in entries:
-        nbytes = _nbytes(entry[1], entry[2])
+        nbytes = tensor_bytes(entry[1], entry[2])
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
@@ -354,7 +355,7 @@ def index_json(shards: list[list[Entry]], names: list[str]) -> dict:
     if len(shards) != len(names):
         raise ValueError(f"expected one file name per shard ({len(shards)}), got {len(names)}")
     weight_map = {entry[0]: file for shard, file in zip(shards, names) for entry in shard}
-    total = sum(_nbytes(dtype, shape) for shard in shards for _, dtype, shape in shard)
+    total = sum(tensor_bytes(dtype, shape) for shard in shards for _, dtype, shape in shard)
     return {"metadata": {"total_size": total}, "weight_map": weight_map}
 
 

@@ -25,11 +25,13 @@ tensor([[1., 1.],
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
 from specgrow.errors import CheckpointError
 from specgrow.ir import Const, Old, Random, Range, StepPlan, TensorEdit
+from specgrow.shape import tensor_name
 
 TILE = 256  # block rows per random draw
 Key = tuple  # (role, layer)
@@ -40,6 +42,12 @@ class StateSource:
 
     def __init__(self, tensors: dict):
         self.tensors = tensors
+
+    @classmethod
+    def of_state(cls, state: dict, shape, device=None) -> StateSource:
+        """A state dict with the reference model's names, seen as the roles of ``shape``."""
+        return cls({key: state[tensor_name(*key)].to(device) if device is not None else state[tensor_name(*key)]
+                    for key in shape.tensor_keys()})
 
     def keys(self) -> list:
         return list(self.tensors)
@@ -181,7 +189,7 @@ def bands(source, key, max_bytes: int = 8 << 20):
     if not shape:
         yield 0, 1
         return
-    row_bytes = source.dtype(key).itemsize * max(1, _numel(shape[1:]))
+    row_bytes = source.dtype(key).itemsize * max(1, math.prod(shape[1:]))
     step = max(1, max_bytes // max(row_bytes, 4))
     for start in range(0, shape[0], step):
         yield start, min(shape[0], start + step)
@@ -227,13 +235,6 @@ def _as_slice(ix: torch.Tensor, device) -> torch.Tensor | slice:
     if int(ix[-1]) - first + 1 == count and (count < 3 or bool((ix[1:] - ix[:-1] == 1).all())):
         return slice(first, first + count)
     return ix.to(device)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _tile_seed(seed: int, tile: int) -> int:
