@@ -84,7 +84,8 @@ def _validate(args) -> int:
             print(err.render(), file=sys.stderr)
             status = max(status, err.exit_code)
             continue
-        print(f"{path}: valid ({len(spec.steps)} step(s))")
+        stages = f" in {len(spec.stages)} stage(s)" if spec.stages else ""
+        print(f"{path}: valid ({len(spec.steps)} step(s){stages})")
     return status
 
 
@@ -138,7 +139,7 @@ def _plan(args) -> int:
     from specgrow.transforms import compile_spec
 
     spec = load_spec(args.spec)
-    print(render(compile_spec(spec), spec.steps, spec.user_steps, spec.model.arch))
+    print(render(compile_spec(spec), spec.steps, spec.step_padding, spec.model.arch, spec.stages))
     return 0
 
 

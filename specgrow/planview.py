@@ -24,11 +24,12 @@ def _block(block) -> str:
     return f"[{where}]={block.source.describe()}"
 
 
-def render(plan: Plan, steps, user_steps: int = -1, arch: str = "reference") -> str:
+def render(plan: Plan, steps, padding=(), arch: str = "reference", stages=()) -> str:
     """One section per step: a row per edited tensor, moved tensors summarised.
 
     Tensors are named as the ``arch`` family stores them; shapes are in the ``[out, in]``
-    layout. Steps from ``user_steps`` on were added to pad every layer to one width.
+    layout. ``padding[i]`` is true for a step added to pad every layer to one width (HF
+    families). With ``stages`` (a growth plan's `Stage`s) each stage gets a heading line.
     """
     from specgrow.arch import FAMILIES
 
@@ -38,9 +39,16 @@ def render(plan: Plan, steps, user_steps: int = -1, arch: str = "reference") -> 
     if arch != "reference":
         lines.append(f"tensors as {arch} checkpoints name them; shapes [out, in] ([q] a part of a fused tensor, "
                      ".T stored transposed)")
+    first = {stage.start: (number, stage) for number, stage in enumerate(stages)}
     for step_plan, step in zip(concrete.steps, steps):
+        if step_plan.index in first:
+            number, stage = first[step_plan.index]
+            owned = concrete.steps[stage.start:stage.stop]
+            before, after = owned[0].before.parameter_count(), owned[-1].after.parameter_count()
+            span = f"step {stage.start}" if stage.stop - stage.start == 1 else f"steps {stage.start}-{stage.stop - 1}"
+            lines.append(f"stages[{number}] (at step {stage.at_step}): {span}  params {before:,} -> {after:,}")
         before, after = step_plan.before.parameter_count(), step_plan.after.parameter_count()
-        added = "  (added: HF configs need every layer at one width)" if 0 <= user_steps <= step_plan.index else ""
+        added = "  (added: HF configs need every layer at one width)" if padding and padding[step_plan.index] else ""
         lines.append(f"step {step_plan.index}: {describe_step(step)}  params {before:,} -> {after:,}{added}")
         if step_plan.eps_scale != 1:
             lines.append(f"  norm_eps: {step_plan.before.norm_eps:g} -> {step_plan.after.norm_eps:g}")

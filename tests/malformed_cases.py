@@ -23,6 +23,14 @@ def model(*lines: str, step: str = "mlp: {to: 512}") -> bytes:
     return (HEAD.replace(b"steps:\n", extra.encode() + b"steps:\n")) + f"  - {step}\n".encode()
 
 
+def stages(*lines: str) -> bytes:
+    """A growth plan: HEAD with ``stages:`` instead of ``steps:``, then the given lines (line 5 on)."""
+    return HEAD.replace(b"steps:\n", b"stages:\n") + "".join(f"{line}\n" for line in lines).encode()
+
+
+STAGE_0 = ("  - at_step: 100", "    steps:", "      - mlp: {to: 512}")  # lines 5-7
+
+
 GQA = b"""specgrow: 1
 model:
   dims: {hidden: 64, mlp: 256, heads: 4, kv_heads: 2, layers: 2, vocab: 256, positions: 64}
@@ -73,14 +81,15 @@ CASES: list[tuple[str, bytes, str, int]] = [
      r"^spec is not valid UTF-8: byte 0xff \(invalid start byte\)$", 3),
     ("too-large", b"specgrow: 1\n" + b"#" * (1024 * 1024), r"^spec is larger than 1 MiB", 1),
     # ------------------------------------------------------------ schema: structure
-    ("missing-steps", HEAD.replace(b"steps:\n", b""), r"^<top>: missing required key 'steps'$", 1),
+    ("missing-steps", HEAD.replace(b"steps:\n", b""),
+     r"^<top>: missing required key 'steps' \(or 'stages', for a growth plan\)$", 1),
     ("missing-dims", b"specgrow: 1\nmodel: {arch: gpt2}\nsteps: [{mlp: {to: 512}}]\n",
      r"^model: missing required key 'dims'$", 2),
     ("empty-steps", HEAD.replace(b"steps:\n", b"steps: []\n"),
      r"^steps: expected at least 1 item\(s\), found an empty list$", 4),
     ("wrong-version", b"specgrow: 2\n" + steps("mlp: {to: 512}")[12:], r"^specgrow: expected 1, found 2$", 1),
     ("unknown-top-key", steps("mlp: {to: 512}") + b"sede: 3\n",
-     r"^<top>: unknown key 'sede' \(expected one of: model, seed, specgrow, steps\)$", 6),
+     r"^<top>: unknown key 'sede' \(expected one of: model, seed, specgrow, stages, steps\)$", 6),
     ("unknown-model-key", model("nrom: rmsnorm"),
      r"^model: unknown key 'nrom' \(expected one of: activation, arch, ", 4),
     ("unknown-step-key", steps("mlp: {to: 512}", "mlp: {widht: 1024, to: 1024}"),
@@ -119,6 +128,46 @@ CASES: list[tuple[str, bytes, str, int]] = [
      r"^steps\[0\].value.init: unknown key 'q' \(expected one of: o, v\)$", 5),
     ("duplicate-layer-index", steps("mlp: {to: 512, layers: [1, 1]}"),
      r"^steps\[0\].mlp.layers: expected unique items, found \[1, 1\]$", 5),
+    # ------------------------------------------------------------ growth plans (stages)
+    ("steps-and-stages", steps("mlp: {to: 512}") + b"stages:\n" + "\n".join(STAGE_0).encode() + b"\n",
+     r"^<top>: expected exactly one of steps, stages; found both$", 6),
+    ("stages-and-steps", stages(*STAGE_0) + b"steps:\n  - mlp: {to: 512}\n",
+     r"^<top>: expected exactly one of steps, stages; found both$", 8),
+    ("empty-stages", HEAD.replace(b"steps:\n", b"stages: []\n"),
+     r"^stages: expected at least 1 item\(s\), found an empty list$", 4),
+    ("stage-empty-steps", stages(*STAGE_0, "  - at_step: 200", "    steps: []"),
+     r"^stages\[1\].steps: expected at least 1 item\(s\), found an empty list$", 9),
+    ("stage-without-steps", stages(*STAGE_0, "  - at_step: 200"),
+     r"^stages\[1\]: missing required key 'steps'$", 8),
+    ("stage-without-at-step", stages("  - steps: [{mlp: {to: 512}}]"),
+     r"^stages\[0\]: missing required key 'at_step'$", 5),
+    ("stage-negative-at-step", stages("  - at_step: -1", "    steps: [{mlp: {to: 512}}]"),
+     r"^stages\[0\].at_step: expected >= 0, found -1$", 5),
+    ("stage-float-at-step", stages("  - at_step: 2e3", "    steps: [{mlp: {to: 512}}]"),
+     r"^stages\[0\].at_step: expected an integer, found number 2000.0$", 5),
+    ("stage-unknown-key", stages(*STAGE_0, "    at: 3"),
+     r"^stages\[0\]: unknown key 'at' \(expected one of: at_step, steps\)$", 8),
+    ("stage-list-for-mapping", stages("  - [100, {mlp: {to: 512}}]"),
+     r"^stages\[0\]: expected a mapping, found a list", 5),
+    ("stage-unknown-step-kind", stages(*STAGE_0, "      - widen: {to: 600}"),
+     r"^stages\[0\].steps\[1\]: expected exactly one of mlp, heads, value, key, hidden, layers; found widen$", 8),
+    ("stage-bad-step-value", stages(*STAGE_0, "      - mlp: {to: big}"),
+     r"^stages\[0\].steps\[1\].mlp.to: expected an integer, found string 'big'$", 8),
+    ("stage-at-step-repeated", stages(*STAGE_0, "  - at_step: 100", "    steps: [{mlp: {to: 600}}]"),
+     r"^stages\[1\].at_step: stages are applied in training order: expected more than 100 "
+     r"\(stages\[0\].at_step\), found 100$", 8),
+    ("stage-at-step-decreasing", stages(*STAGE_0, "  - at_step: 50", "    steps: [{mlp: {to: 600}}]"),
+     r"^stages\[1\].at_step: .*expected more than 100 \(stages\[0\].at_step\), found 50$", 8),
+    ("stage-sees-previous-shape", stages(*STAGE_0, "  - at_step: 200", "    steps: [{mlp: {to: 384}}]"),
+     r"^stages\[1\].steps\[0\].mlp.to: must grow every selected layer: layer 0 has mlp 512, found to: 384$", 9),
+    ("stage-layer-index-after-insert",
+     stages("  - at_step: 0", "    steps: [{layers: {add: 1}}]", "  - at_step: 1",
+            "    steps: [{mlp: {to: 512, layers: [3]}}]"),
+     r"^stages\[1\].steps\[0\].mlp.layers\[0\]: expected a layer index below 3 .*found 3$", 8),
+    ("stage-hf-family-shape", stages("  - at_step: 10", "    steps: [{heads: {add: 2}}]").replace(
+        b"model:\n", b"model:\n  arch: llama\n  activation: swiglu\n  position: rope\n"),
+     r"^model.arch: llama configs need hidden divisible by heads .*: the model after stages\[0\] has hidden 64, "
+     r"6 heads in layer 0$", 3),
     # ------------------------------------------------------------ semantics: the model
     ("kv-heads-not-divisor", HEAD.replace(b"heads: 4,", b"heads: 4, kv_heads: 3,") + b"  - mlp: {to: 512}\n",
      r"^model.dims.kv_heads: expected a divisor of heads 4, found 3$", 3),

@@ -26,6 +26,7 @@ from specgrow.spec import (
     Mark,
     MlpStep,
     Normal,
+    Stage,
     Uniform,
     canonical,
     load_spec,
@@ -365,8 +366,95 @@ def test_hf_families_refuse_shapes_their_config_cannot_express(model, steps, mes
 
 def test_hf_families_pad_partially_grown_layers_to_one_width():
     spec = spec_of("  - mlp: {to: 512, layers: [0]}\n  - heads: {add: 4, layers: [1]}\n", model=LLAMA)
-    assert spec.user_steps == 2
+    assert spec.step_padding == (False, False, True, True) and spec.stages == ()
+    assert [spec.is_padding(i) for i in range(4)] == [False, False, True, True]
+    assert spec.step_marks[2] == spec.step_marks[3] == Mark(4, 9)  # at model.arch
     added = spec.steps[2:]
     assert [(s.kind, s.layers) for s in added] == [("mlp", (1,)), ("heads", (0,))]
     assert added[0].to == 512 and added[1].add == 4
     assert spec_of("  - mlp: {to: 512, layers: [0]}\n").steps[1:] == ()  # reference models keep their shapes
+
+
+# ------------------------------------------------------------------ growth plans (stages)
+def plan_of(stages: str, model: str = "", dims: str = "") -> specgrow.spec.Spec:
+    """A spec with top-level ``stages``; its first stage item is on line 5 plus the model's lines."""
+    return load_spec_text(
+        "specgrow: 1\n"
+        "model:\n"
+        f"  dims: {{hidden: 64, mlp: 256, heads: 4, layers: 2, vocab: 256, positions: 64{dims}}}\n"
+        + "".join(f"  {line}\n" for line in model.splitlines())
+        + f"stages:\n{stages}",
+        "plan.yaml",
+    )
+
+
+TWO_STAGES = (
+    "  - at_step: 2000\n"  # line 5
+    "    steps:\n"
+    "      - mlp: {to: 512}\n"
+    "  - at_step: 6000\n"  # line 8
+    "    steps:\n"
+    "      - hidden: {to: 96}\n"
+    "      - layers: {add: 1}\n"
+)
+
+
+def test_stages_flatten_into_steps_and_keep_their_marks():
+    spec = plan_of(TWO_STAGES)
+    assert spec.stages == (Stage(2000, 0, 1, Mark(5, 5)), Stage(6000, 1, 3, Mark(8, 5)))
+    assert [step.kind for step in spec.steps] == ["mlp", "hidden", "layers"]
+    assert spec.step_marks == (Mark(7, 9), Mark(10, 9), Mark(11, 9))
+    assert spec.step_padding == (False, False, False)
+    assert [spec.stage_of(i) for i in range(3)] == [0, 1, 1]
+    assert [spec.step_path(i) for i in range(3)] == ["stages[0].steps[0]", "stages[1].steps[0]", "stages[1].steps[1]"]
+    plain = spec_of("  - mlp: {to: 512}\n  - hidden: {to: 96}\n  - layers: {add: 1}\n")
+    assert spec.steps == plain.steps and plain.stages == () and plain.stage_of(0) is None
+    assert plain.step_path(2) == "steps[2]"
+
+
+def test_each_stage_sees_the_shape_the_previous_one_left():
+    spec = plan_of(
+        "  - at_step: 0\n    steps: [{mlp: {to: 512, layers: [0]}}, {layers: {add: 1, at: 1}}]\n"
+        "  - at_step: 1\n    steps: [{mlp: {to: 600, layers: [1, 0]}}, {mlp: {to: 700}}]\n"
+    )
+    assert spec.steps[2].layers == (0, 1) and spec.steps[3].layers == (0, 1, 2)
+    assert spec.stages[1].start == 2 and spec.stages[1].stop == 4
+    with pytest.raises(SpecError, match=r"stages\[1\].steps\[0\].mlp.to: .*layer 1 has mlp 512, found to: 384"):
+        plan_of(
+            "  - at_step: 0\n    steps: [{mlp: {to: 512, layers: [0]}}, {layers: {add: 1, at: 1}}]\n"
+            "  - at_step: 1\n    steps: [{mlp: {to: 384, layers: [1]}}]\n"
+        )
+
+
+def test_hf_families_pad_at_the_end_of_every_stage():
+    spec = plan_of(
+        "  - at_step: 1000\n"  # line 9
+        "    steps:\n"
+        "      - mlp: {to: 512, layers: [0]}\n"
+        "  - at_step: 3000\n"  # line 12
+        "    steps:\n"
+        "      - heads: {add: 4, layers: [1]}\n"
+        "      - layers: {add: 1}\n",
+        model=LLAMA,
+    )
+    assert [(s.kind, s.layers if s.kind != "layers" else s.at) for s in spec.steps] == [
+        ("mlp", (0,)), ("mlp", (1,)),  # stage 0, then its padding
+        ("heads", (1,)), ("layers", 2), ("heads", (0,)),  # stage 1 (the new layer copies layer 1), padding
+    ]
+    assert spec.step_padding == (False, True, False, False, True)
+    assert spec.stages == (Stage(1000, 0, 2, Mark(9, 5)), Stage(3000, 2, 5, Mark(12, 5)))
+    assert spec.step_marks[1] == spec.step_marks[4] == Mark(4, 9)  # padding: at model.arch
+    assert spec.step_marks[2] == Mark(14, 9)
+    assert [spec.step_path(i) for i in (1, 4)] == ["stages[0].steps[1]", "stages[1].steps[2]"]
+
+
+def test_a_stage_that_leaves_an_unloadable_hf_model_is_refused_there():
+    with pytest.raises(SpecError, match=re.escape("the model after stages[0] has hidden 64, 6 heads")):
+        plan_of("  - at_step: 1\n    steps: [{heads: {add: 2}}]\n"
+                "  - at_step: 2\n    steps: [{heads: {add: 2}}]\n", model=LLAMA)
+
+
+def test_at_step_zero_and_large_are_fine():
+    spec = plan_of(f"  - at_step: 0\n    steps: [{{mlp: {{to: 512}}}}]\n"
+                   f"  - at_step: {2**62}\n    steps: [{{mlp: {{to: 600}}}}]\n")
+    assert [stage.at_step for stage in spec.stages] == [0, 2**62]

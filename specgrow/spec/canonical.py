@@ -1,8 +1,9 @@
 """Semantic checks and the canonical `Spec`.
 
 Runs after the schema. Tracks the running shape per layer through the steps (each step
-sees what the previous one left), refuses steps that cannot apply to that shape, and
-expands every default so later stages never look at raw YAML.
+sees what the previous one left, across the stages of a growth plan too), refuses steps
+that cannot apply to that shape, and expands every default so later stages never look at
+raw YAML.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from specgrow.spec.types import (
     KeyStep,
     LayersStep,
     LikeOld,
+    Mark,
     MlpStep,
     ModelSpec,
     PROJECTIONS,
     Normal,
     Ones,
     Spec,
+    Stage,
     Step,
     Uniform,
     ValueStep,
@@ -48,38 +51,75 @@ class Shape:
 
 
 def build_spec(doc: Document, sha256: str) -> Spec:
-    """The canonical `Spec` of a schema-valid document; `SpecError` if a step cannot apply."""
+    """The canonical `Spec` of a schema-valid document; `SpecError` if a step cannot apply.
+
+    A spec with ``stages`` is a growth plan: its stages' steps are checked and flattened in
+    order into `Spec.steps` (the running shape just continues from one stage to the next),
+    and each stage records the slice it owns.
+    """
     data = doc.data
     model = _model(doc, data["model"])
-    checker = _Checker(doc, model)
     dims = model.dims
     layer = LayerShape(dims.mlp, dims.heads, dims.kv_heads, dims.key, dims.value)
-    shape = Shape(dims.hidden, (layer,) * dims.layers)
+    grower = _Grower(doc, model, Shape(dims.hidden, (layer,) * dims.layers))
     if model.arch != "reference":
-        _check_family(doc, model.arch, shape, "original")
-    steps: list[Step] = []
-    marks = []
-    for index, item in enumerate(data["steps"]):
-        ((kind, raw),) = item.items()
-        step, shape = getattr(checker, kind)(("steps", index, kind), raw, shape)
-        steps.append(step)
-        marks.append(doc.mark(("steps", index)))
-    if model.arch != "reference":
-        for kind, raw in uniform_steps(shape):
-            step, shape = getattr(checker, kind)(("model", "arch"), raw, shape)
-            steps.append(step)
-            marks.append(doc.mark(("model", "arch")))
-        _check_family(doc, model.arch, shape, "grown")
+        _check_family(doc, model.arch, grower.shape, "the original model")
+    stages = []
+    if "stages" in data:
+        previous = None
+        for number, item in enumerate(data["stages"]):
+            at_step = item["at_step"]
+            if previous is not None and at_step <= previous:
+                raise _fail(doc, ("stages", number, "at_step"),
+                            f"stages are applied in training order: expected more than {previous} "
+                            f"(stages[{number - 1}].at_step), found {at_step}")
+            previous = at_step
+            start = len(grower.steps)
+            grower.grow(("stages", number), item["steps"], f"the model after stages[{number}]")
+            stages.append(Stage(at_step, start, len(grower.steps), doc.mark(("stages", number))))
+    else:
+        grower.grow((), data["steps"], "the grown model")
     return Spec(
         path=doc.file,
         sha256=sha256,
         version=data["specgrow"],
         model=model,
         seed=data.get("seed", 0),
-        steps=tuple(steps),
-        step_marks=tuple(marks),
-        user_steps=len(data["steps"]),
+        steps=tuple(grower.steps),
+        step_marks=tuple(grower.marks),
+        step_padding=tuple(grower.padding),
+        stages=tuple(stages),
     )
+
+
+class _Grower:
+    """The steps so far, with their marks, and the running shape they leave."""
+
+    def __init__(self, doc: Document, model: ModelSpec, shape: Shape):
+        self.doc, self.model, self.shape = doc, model, shape
+        self.checker = _Checker(doc, model)
+        self.steps: list[Step] = []
+        self.marks: list[Mark] = []
+        self.padding: list[bool] = []
+
+    def grow(self, prefix: KeyPath, items: list, result: str) -> None:
+        """Check and add the steps at ``prefix + ("steps",)``; for HF families, then pad every
+        layer to one width so that ``result`` (e.g. "the grown model") is loadable."""
+        for index, item in enumerate(items):
+            ((kind, raw),) = item.items()
+            path = prefix + ("steps", index)
+            self.add(path + (kind,), kind, raw, self.doc.mark(path), False)
+        arch = self.model.arch
+        if arch != "reference":
+            for kind, raw in uniform_steps(self.shape):
+                self.add(("model", "arch"), kind, raw, self.doc.mark(("model", "arch")), True)
+            _check_family(self.doc, arch, self.shape, result)
+
+    def add(self, path: KeyPath, kind: str, raw: dict, mark: Mark, padding: bool) -> None:
+        step, self.shape = getattr(self.checker, kind)(path, raw, self.shape)
+        self.steps.append(step)
+        self.marks.append(mark)
+        self.padding.append(padding)
 
 
 def uniform_steps(shape: Shape):
@@ -102,21 +142,21 @@ def uniform_steps(shape: Shape):
                 yield kind, {"to": target, "layers": layers}
 
 
-def _check_family(doc: Document, arch: str, shape: Shape, when: str) -> None:
+def _check_family(doc: Document, arch: str, shape: Shape, model: str) -> None:
     """The widths a HuggingFace config can express: one head_dim; hidden divisible by heads (LLaMA),
-    equal to heads x head_dim (GPT-2)."""
+    equal to heads x head_dim (GPT-2). ``model`` names the model checked, e.g. "the grown model"."""
     for i, layer in enumerate(shape.layers):
         if layer.key != layer.value:
             raise _fail(doc, ("model", "arch"), f"{arch} has one head_dim for queries, keys and values: "
-                        f"grow key and value together (layer {i} of the {when} model has key {layer.key}, "
+                        f"grow key and value together (layer {i} of {model} has key {layer.key}, "
                         f"value {layer.value})")
         if arch == "llama" and shape.hidden % layer.heads:
             raise _fail(doc, ("model", "arch"), "llama configs need hidden divisible by heads (transformers "
-                        f"refuses the config otherwise): the {when} model has hidden {shape.hidden}, "
+                        f"refuses the config otherwise): {model} has hidden {shape.hidden}, "
                         f"{layer.heads} heads in layer {i}")
         if arch == "gpt2" and (layer.heads * layer.key != shape.hidden or layer.kv_heads != layer.heads):
             raise _fail(doc, ("model", "arch"), "gpt2 needs heads x head_dim = hidden and no kv grouping: "
-                        f"layer {i} of the {when} model has {layer.heads} heads of {layer.key} "
+                        f"layer {i} of {model} has {layer.heads} heads of {layer.key} "
                         f"({layer.kv_heads} kv heads) for hidden {shape.hidden}")
 
 

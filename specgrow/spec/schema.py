@@ -1,7 +1,7 @@
 """Check a loaded spec against the v1 JSON Schema; report the first error as one located line.
 
-The message starts with the key path (``steps[3].key.to``, ``model.dims.hidden``, or
-``<top>`` for the root) and says what was expected and what was found.
+The message starts with the key path (``steps[3].key.to``, ``stages[1].steps[0].mlp.to``,
+``model.dims.hidden``, or ``<top>`` for the root) and says what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ class _Located:
 def _translate(doc: Document, error) -> _Located:
     path = tuple(error.absolute_path)
     value, kind, expected = error.instance, error.validator, error.validator_value
+    if kind == "oneOf" and path == ():
+        return _steps_or_stages(doc, value)
     if kind == "oneOf":
         return _Located(doc, path, f"expected {INIT_FORMS}; found {show(value)}")
     if _is_step(path, error.schema):
@@ -102,10 +104,21 @@ def _translate(doc: Document, error) -> _Located:
     return _Located(doc, path, _expected_found(kind, expected, value))
 
 
+def _steps_or_stages(doc: Document, value: dict) -> _Located:
+    """The root needs exactly one of ``steps`` and ``stages``."""
+    given = [key for key in value if key in ("steps", "stages")]
+    if not given:
+        return _Located(doc, (), "missing required key 'steps' (or 'stages', for a growth plan)")
+    second = max(given, key=lambda key: (doc.key_mark((key,)).line, doc.key_mark((key,)).column))
+    return _Located(doc, (), "expected exactly one of steps, stages; found both", at=(second,))
+
+
 def _is_step(path: KeyPath, subschema: dict) -> bool:
+    """A step item: ``steps[i]`` or ``stages[j].steps[i]``."""
     return (
-        len(path) == 2
-        and path[0] == "steps"
+        len(path) >= 2
+        and path[-2] == "steps"
+        and isinstance(path[-1], int)
         and set(subschema.get("properties", ())) == set(STEP_KINDS)
     )
 

@@ -196,14 +196,51 @@ class Mark:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One stage of a growth plan (a spec with top-level ``stages``).
+
+    The stage is applied at training step ``at_step`` and owns ``Spec.steps[start:stop]``:
+    its own steps, then (HF families) the padding steps that make its result loadable.
+    ``mark`` is the position of the stage's item in the file.
+    """
+
+    at_step: int
+    start: int
+    stop: int
+    mark: Mark
+
+
+@dataclass(frozen=True)
 class Spec:
     path: str
     sha256: str
     version: int
     model: ModelSpec
     seed: int
-    steps: tuple[Step, ...]
-    step_marks: tuple[Mark, ...]
-    # steps written by the user; for HF families, steps after these pad every layer to the
-    # widest (HF configs are uniform) and are marked at model.arch
-    user_steps: int = -1
+    steps: tuple[Step, ...]  # every step in order; for a staged spec, all stages flattened
+    step_marks: tuple[Mark, ...]  # where each step is written (padding steps: at model.arch)
+    # per step: True for steps specgrow added (HF families) to pad every layer to the widest
+    # one, since HF configs are uniform: at the end of the spec, or of each stage
+    step_padding: tuple[bool, ...] = ()
+    stages: tuple[Stage, ...] = ()  # the growth plan; empty for a spec with top-level `steps`
+
+    def is_padding(self, index: int) -> bool:
+        """Whether ``steps[index]`` was added to pad every layer to one width."""
+        return bool(self.step_padding) and self.step_padding[index]
+
+    def stage_of(self, index: int) -> int | None:
+        """The index in ``stages`` of the stage that owns ``steps[index]``; None without stages."""
+        for number, stage in enumerate(self.stages):
+            if stage.start <= index < stage.stop:
+                return number
+        return None
+
+    def step_path(self, index: int) -> str:
+        """Where ``steps[index]`` sits in the file: ``steps[3]`` or ``stages[1].steps[0]``.
+
+        Padding steps continue the numbering of the list they follow.
+        """
+        number = self.stage_of(index)
+        if number is None:
+            return f"steps[{index}]"
+        return f"stages[{number}].steps[{index - self.stages[number].start}]"

@@ -4,6 +4,11 @@ Only the REFUTED path imports torch. The witness is shrunk where that cannot cha
 steps: the smallest vocabulary and context (4 and 4) are tried first, then the spec's own;
 widths and depth stay the spec's. It reports the last position's first logits of both
 models and the max difference beyond the fp32 tolerance.
+
+For a growth plan the model trains between stages, so a stage may break the function only
+on weights that earlier stages did not leave as they made them (e.g. a zero slice). When
+growing the reference model through every stage shows nothing, each stage is tried alone on
+a random model of the shape it starts from; the witness then names that stage.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ def find_counterexample(spec, plan, seeds=(0, 1, 2)) -> Counterexample | None:
             found = _witness(candidate, spec.seed + offset)
             if found is not None:
                 return found
+    for number, stage in enumerate(spec.stages):
+        steps = plan.steps[stage.start:stage.stop]
+        alone = dataclasses.replace(plan, steps=steps, before=steps[0].before, after=steps[-1].after)
+        for offset in seeds:
+            found = _witness(alone, spec.seed + offset)
+            if found is not None:
+                return dataclasses.replace(found, stage=number)
     return None
 
 

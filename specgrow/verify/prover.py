@@ -4,7 +4,10 @@ Compose, never unroll: for each step the residual stream gets a representation
 (``x``, ``[x, 0]`` or ``[x, ..., x]``); the embedding must produce it, every sublayer must
 map it to the same representation of its old output, and the head must read it back to
 the old logits. Layers whose edits have the same structure share one proof. Steps chain
-because each preserves the whole network's function.
+because each preserves the whole network's function. A growth plan's stages are its steps
+in order (`Spec.steps` is flattened); the certificate also records each stage's verdict.
+The model trains between stages, so no proof of a stage assumes that a tensor an earlier
+stage left zero is still zero.
 
 `prove_spec` imports torch only when a residual is nonzero, to confirm it with a concrete
 counterexample; a residual that no counterexample confirms is UNKNOWN, never REFUTED.
@@ -25,7 +28,7 @@ from specgrow.verify.algebra import Trace, collapse
 from specgrow.verify.build import Stuck
 from specgrow.verify.ops import LEMMAS, LayerNorm, RMSNorm
 from specgrow.verify.result import (
-    Certificate, Obligation, SideCondition, StepProof, Verdict, combine,
+    Certificate, Obligation, SideCondition, StageProof, StepProof, Verdict, combine,
 )
 
 _CACHE: dict = {}
@@ -37,14 +40,20 @@ def prove_spec(spec) -> Certificate:
     plan = compile_spec(spec)
     steps, invariants = [], []
     zeros: frozenset = frozenset()  # tensors earlier steps left exactly zero
+    starts = {stage.start for stage in spec.stages}
     for step_plan, step in zip(plan.steps, spec.steps):
+        if step_plan.index in starts:
+            zeros = frozenset()  # training between stages: nothing a stage left zero stays zero
         obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps, zeros)
         zeros = zeros_after(step_plan, zeros)
         mark = spec.step_marks[step_plan.index]
         from specgrow.planview import describe_step
 
+        stage = spec.stage_of(step_plan.index)
+        staged = {} if stage is None else {"stage": stage, "at_step": spec.stages[stage].at_step,
+                                           "path": spec.step_path(step_plan.index)}
         steps.append(StepProof(step_plan.index, step.kind, describe_step(step), mark.line, mark.column,
-                               combine(o.verdict for o in obligations), tuple(obligations)))
+                               combine(o.verdict for o in obligations), tuple(obligations), **staged))
         invariants.append(invariant)
     verdict = combine(s.verdict for s in steps)
     counterexample = None
@@ -56,7 +65,16 @@ def prove_spec(spec) -> Certificate:
             steps = [_unconfirmed(s) for s in steps]
             verdict = combine(s.verdict for s in steps)
     return Certificate(spec.path, spec.sha256, verdict, tuple(steps), tuple(invariants), counterexample,
-                       _versions(), time.perf_counter() - started)
+                       _versions(), time.perf_counter() - started, stage_proofs(spec, steps))
+
+
+def stage_proofs(spec, steps) -> tuple[StageProof, ...]:
+    """Each stage of a growth plan with the combined verdict of its steps (none for plain specs)."""
+    return tuple(
+        StageProof(number, stage.at_step, stage.start, stage.stop, stage.mark.line, stage.mark.column,
+                   combine(s.verdict for s in steps[stage.start:stage.stop]))
+        for number, stage in enumerate(spec.stages)
+    )
 
 
 def _unconfirmed(step: StepProof) -> StepProof:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from specgrow import __version__
 from specgrow.errors import SpecgrowError
-from specgrow.verify.result import Certificate, Obligation, Verdict
+from specgrow.verify.result import Certificate, Obligation, StageProof, StepProof, Verdict
 
 Outcome = Union[Certificate, SpecgrowError]
 
@@ -63,7 +63,8 @@ class Failure(NamedTuple):
     line: int
     column: int
     verdict: Verdict
-    message: str  # "steps[i] (kind) VERDICT: sublayer: what is wrong"
+    message: str  # "steps[i] (kind) VERDICT: sublayer: what is wrong"; in a growth plan
+    # "stages[j].steps[i] (kind, at step N) VERDICT: ..."
 
 
 def failures(cert: Certificate) -> list[Failure]:
@@ -81,7 +82,8 @@ def failures(cert: Certificate) -> list[Failure]:
     """
     found = []
     for step in cert.steps:
-        where = f"steps[{step.index}] ({step.kind})"
+        at = "" if step.at_step is None else f", at step {step.at_step}"
+        where = f"{step.label} ({step.kind}{at})"
         bad = [ob for ob in step.obligations if ob.verdict is not Verdict.PROVED]
         for ob in bad:
             found.append(Failure(step.line, step.column, ob.verdict,
@@ -100,17 +102,29 @@ def counterexample_summary(cert: Certificate) -> str | None:
     if cx is None:
         return None
     dims = ", ".join(f"{k}={v}" for k, v in cx.dims.items())
-    return f"counterexample: dims {dims}; seed {cx.seed}; max |Δ| {cx.max_abs_diff:.3g} (tolerance {cx.tolerance})"
+    alone = "" if cx.stage is None else f"stages[{cx.stage}] grown alone from random weights; "
+    return (f"counterexample: {alone}dims {dims}; seed {cx.seed}; max |Δ| {cx.max_abs_diff:.3g} "
+            f"(tolerance {cx.tolerance})")
+
+
+def stage_summary(cert: Certificate, stage: StageProof) -> str:
+    """``stages[1] (at step 6000): REFUTED (3 steps, 5 obligations)``."""
+    steps = cert.steps[stage.start:stage.stop]
+    obligations = sum(len(step.obligations) for step in steps)
+    return (f"stages[{stage.index}] (at step {stage.at_step}): {stage.verdict.value} "
+            f"({_plural(len(steps), 'step')}, {_plural(obligations, 'obligation')})")
 
 
 # ---------------------------------------------------------------- text
 def spec_lines(outcome: Outcome) -> list[str]:
-    """The text report of one spec: its verdict line, then one located line per failure."""
+    """The text report of one spec: its verdict line (then, for a growth plan, one line per
+    stage), then one located line per failure."""
     if isinstance(outcome, SpecgrowError):
         return [outcome.render()]
     cert = outcome
     lines = [f"{cert.spec_path}: {cert.verdict.value} ({_plural(len(cert.steps), 'step')}, "
              f"{_plural(obligation_count(cert), 'obligation')}, {cert.seconds:.2f} s)"]
+    lines += [f"{cert.spec_path}: {stage_summary(cert, stage)}" for stage in cert.stages]
     lines += [f"{cert.spec_path}:{f.line}:{f.column}: error: {f.message}" for f in failures(cert)]
     summary = counterexample_summary(cert)
     if summary:
@@ -220,7 +234,7 @@ def _number(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _obligation_markdown(ob: Obligation) -> list[str]:
+def _obligation_markdown(ob: Obligation, level: str = "###") -> list[str]:
     bullets = []
     if ob.rules:
         bullets.append("- Rules applied: " + ", ".join(f"{_code(name)} ×{count}" for name, count in ob.rules))
@@ -236,7 +250,7 @@ def _obligation_markdown(ob: Obligation) -> list[str]:
         bullets.append(f"- Hint: {_one_line(ob.hint)}")
     if ob.stuck:
         bullets.append(f"- Stuck at: {_code(ob.stuck)}")
-    lines = [f"### {ob.sublayer}{_layers(ob.layers)}: {ob.verdict.value}", "", f"Statement: {_code(ob.statement)}"]
+    lines = [f"{level} {ob.sublayer}{_layers(ob.layers)}: {ob.verdict.value}", "", f"Statement: {_code(ob.statement)}"]
     return lines + ([""] + bullets if bullets else []) + [""]
 
 
@@ -245,8 +259,18 @@ def _versions_line(cert: Certificate) -> str:
     return VERSIONS_PREFIX + ", ".join(f"{name} {versions[name]}" for name in sorted(versions))
 
 
+def _step_markdown(step: StepProof, level: str) -> list[str]:
+    lines = [f"{level} {step.label} ({step.kind}): {step.verdict.value}", "",
+             f"{_one_line(step.description)} (line {step.line}, column {step.column})", ""]
+    for ob in step.obligations:
+        lines += _obligation_markdown(ob, level + "#")
+    return lines
+
+
 def render_markdown(cert: Certificate) -> str:
     """The readable proof certificate of one spec (no timings; versions in the last line).
+
+    A growth plan's steps are grouped under one heading per stage.
 
     >>> from specgrow.verify.result import StepProof
     >>> ob = Obligation(0, "mlp", (0, 1), Verdict.PROVED, "mlp'([x, 0]) = [mlp(x), 0]", (("zero-split", 2),))
@@ -271,23 +295,32 @@ def render_markdown(cert: Certificate) -> str:
         f"| sha256 | `{cert.spec_sha256}` |",
         f"| verdict | **{cert.verdict.value}** |",
         f"| steps | {len(cert.steps)} |",
+        *([f"| stages | {len(cert.stages)} |"] if cert.stages else []),
         f"| obligations | {obligation_count(cert)} |", "",
     ]
     if cert.invariants:
         lines += ["## Representation after each step", "", "| after | invariant |", "|---|---|"]
         for i, invariant in enumerate(cert.invariants):
-            label = f"steps[{i}] ({cert.steps[i].kind})" if i < len(cert.steps) else f"#{i}"
+            label = f"{cert.steps[i].label} ({cert.steps[i].kind})" if i < len(cert.steps) else f"#{i}"
             lines.append(f"| {label} | {_cell(invariant)} |")
         lines.append("")
-    for step in cert.steps:
-        lines += [f"## steps[{step.index}] ({step.kind}): {step.verdict.value}", "",
-                  f"{_one_line(step.description)} (line {step.line}, column {step.column})", ""]
-        for ob in step.obligations:
-            lines += _obligation_markdown(ob)
+    if cert.stages:
+        for stage in cert.stages:
+            steps = cert.steps[stage.start:stage.stop]
+            lines += [f"## stages[{stage.index}] (at step {stage.at_step}): {stage.verdict.value}", "",
+                      f"Applied at training step {stage.at_step}: {_plural(len(steps), 'step')} "
+                      f"(line {stage.line}, column {stage.column}).", ""]
+            for step in steps:
+                lines += _step_markdown(step, "###")
+    else:
+        for step in cert.steps:
+            lines += _step_markdown(step, "##")
     cx = cert.counterexample
     if cx is not None:
+        alone = "" if cx.stage is None else \
+            f" (random weights in the shape stages[{cx.stage}] starts from, grown by that stage alone)"
         lines += ["## Counterexample", "",
-                  "The reference model at " + ", ".join(f"{k}={v}" for k, v in cx.dims.items())
+                  f"The reference model{alone} at " + ", ".join(f"{k}={v}" for k, v in cx.dims.items())
                   + f", seed {cx.seed}, tokens {_code(_number(cx.tokens))}:", "",
                   f"- original logits: {_code(_number(cx.reference))}",
                   f"- grown logits: {_code(_number(cx.grown))}",

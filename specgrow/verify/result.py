@@ -62,6 +62,28 @@ class StepProof:
     column: int
     verdict: Verdict
     obligations: tuple[Obligation, ...]
+    # only for a spec with stages (a growth plan); left out of `Certificate.as_dict` otherwise
+    stage: int | None = None  # index in `Certificate.stages` of the stage that owns this step
+    at_step: int | None = None  # that stage's training step
+    path: str | None = None  # where the step is written, e.g. "stages[1].steps[0]"
+
+    @property
+    def label(self) -> str:
+        """``steps[i]`` or, in a growth plan, ``stages[j].steps[i]``."""
+        return self.path or f"steps[{self.index}]"
+
+
+@dataclass(frozen=True)
+class StageProof:
+    """One stage of a growth plan: it owns ``Certificate.steps[start:stop]``."""
+
+    index: int
+    at_step: int
+    start: int
+    stop: int
+    line: int
+    column: int
+    verdict: Verdict
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,7 @@ class Counterexample:
     grown: list  # the same logits of the grown model
     max_abs_diff: float
     tolerance: str
+    stage: int | None = None  # a growth plan's stage grown alone from these dims (None: the whole spec)
 
 
 @dataclass(frozen=True)
@@ -87,10 +110,22 @@ class Certificate:
     counterexample: Counterexample | None = None
     versions: dict = field(default_factory=dict)
     seconds: float = 0.0
+    stages: tuple[StageProof, ...] = ()  # a growth plan's stages; empty for a spec with `steps`
 
     def as_dict(self) -> dict:
+        """Plain JSON data; the stage fields appear only for a spec with stages."""
         data = asdict(self)
+        if data["counterexample"] is not None and self.counterexample.stage is None:
+            del data["counterexample"]["stage"]
+        if not self.stages:
+            del data["stages"]
+            for step in data["steps"]:
+                for key in STAGE_FIELDS:
+                    del step[key]
         return _plain(data)
+
+
+STAGE_FIELDS = ("stage", "at_step", "path")
 
 
 def _plain(value):
