@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", metavar="SIZE",
                    help="split the weights into shards of at most SIZE (e.g. 5GB, 500MB) with "
                         "model.safetensors.index.json; default: one model.safetensors")
+    p.add_argument("--optimizer", metavar="FILE",
+                   help="a saved Adam/AdamW optimizer.state_dict() (torch.save; keyed by parameter ids in "
+                        "named_parameters() order, or by names) to grow with the weights into optimizer.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
     return parser
@@ -154,7 +157,7 @@ def _apply(args) -> int:
     options = ApplyOptions(
         output=args.output, input=args.input, device=args.device, dtype=args.dtype,
         allow_unproved=args.allow_unproved, overwrite=args.overwrite,
-        max_shard_size=args.max_shard_size, quiet=args.quiet,
+        max_shard_size=args.max_shard_size, quiet=args.quiet, optimizer=args.optimizer,
     )
     apply_plan(spec, plan, options, log=(lambda *_: None) if args.quiet else print)
     return 0

@@ -48,6 +48,7 @@ class ApplyOptions:
     overwrite: bool = False
     max_shard_size: str | None = None
     quiet: bool = False
+    optimizer: str | None = None  # a saved Adam/AdamW state_dict to grow next to the weights
 
 
 @dataclass
@@ -96,7 +97,8 @@ def grow_state(state, plan, device) -> list[dict[str, torch.Tensor]]:
     return states
 
 
-def prove(spec, allow_unproved: bool, log=print):
+def prove(spec, allow_unproved: bool, log=print,
+          hint: str = "nothing written (--allow-unproved writes it anyway)"):
     """The spec's certificate; raises `UnprovedError` at the first failure unless ``allow_unproved``."""
     from specgrow.verify.prover import prove_spec
     from specgrow.verify.report import failures
@@ -106,7 +108,7 @@ def prove(spec, allow_unproved: bool, log=print):
     if cert.verdict is not Verdict.PROVED:
         first = failures(cert)[0]
         if not allow_unproved:
-            raise UnprovedError(first.message + "; nothing written (--allow-unproved writes it anyway)",
+            raise UnprovedError(f"{first.message}; {hint}",
                                 path=spec.path, line=first.line, column=first.column)
         log(f"{spec.path}:{first.line}:{first.column}: warning: {first.message}; writing it (--allow-unproved)")
     return cert
@@ -172,6 +174,13 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
     window = shortest_window(opened.config) if opened.config else None
     tokens = tokens_for(plan.before, spec.seed, device, window)
     metadata = {"format": "pt", "specgrow_spec_sha256": spec.sha256}
+    config = grown_config(opened.config, plan.after, layer_origins(spec)) if opened.config is not None else None
+    optimizer = None
+    if options.optimizer is not None:  # grown before the weights: a mismatch fails fast
+        from specgrow.grow import grow_optimizer_file
+
+        optimizer = grow_optimizer_file(options.optimizer, opened.family, opened.prefix, plan.before, plan.after,
+                                        concrete.steps, opened.config, config)
     with atomic_directory(options.output, options.overwrite) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
         reference_future = opened.reference_logits(tokens, pool)  # overlaps with writing
         files = write_checkpoint(tmp, opened.family, opened.prefix, plan.after, grown, dtype=dtype,
@@ -185,14 +194,13 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
             index = _first_failing_step(plan, concrete, opened.source, tokens, reference, check_dtype, spec.seed,
                                         device)
             mark = spec.step_marks[index]
-            message = (f"steps[{index}] ({plan.steps[index].kind}) changes the function: numeric check failed, "
+            message = (f"{spec.step_path(index)} ({plan.steps[index].kind}) changes the function: numeric check failed, "
                        f"{result.summary()}")
             if not options.allow_unproved:
                 raise NumericCheckError(message + "; nothing written (--allow-unproved writes it anyway)",
                                         path=spec.path, line=mark.line, column=mark.column)
             log(f"{spec.path}:{mark.line}:{mark.column}: warning: {message}; writing it (--allow-unproved)")
-        if opened.config is not None:
-            config = grown_config(opened.config, plan.after, layer_origins(spec))
+        if config is not None:
             if dtype is not None:  # transformers 5 reads "dtype", 4.x "torch_dtype"
                 config.update({key: options.dtype for key in ("dtype", "torch_dtype") if key in config or key == "dtype"})
             copied = copy_side_files(opened.path, tmp)
@@ -200,6 +208,13 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
             config, copied = plan.after.to_config(), []
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CERTIFICATE).write_text(certificate, encoding="utf-8")
+        optimizer_record = None
+        if optimizer is not None:
+            from specgrow.grow import OPTIMIZER_FILE
+
+            torch.save(optimizer, tmp / OPTIMIZER_FILE)
+            optimizer_record = {"input": {"path": options.optimizer, "sha256": sha256_file(Path(options.optimizer))},
+                                "output": {"file": OPTIMIZER_FILE, "sha256": sha256_file(tmp / OPTIMIZER_FILE)}}
         manifest = {
             "specgrow": __version__,
             "spec": {"path": spec.path, "sha256": spec.sha256},
@@ -216,6 +231,8 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
             "parameters": {"before": plan.before.parameter_count(), "after": plan.after.parameter_count()},
             "output": {"files": _resolved(output_hashes), "copied": copied},
         }
+        if optimizer_record is not None:
+            manifest["optimizer"] = optimizer_record
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"grew {plan.before.parameter_count():,} -> {plan.after.parameter_count():,} parameters "
         f"in {len(plan.steps)} step(s) on {device}; proof {cert.verdict.value}; "

@@ -141,7 +141,7 @@ class StepSource:
             value = value[(slice(None),) * axis + (ix,)]
         if src.scale == 1 and src.noise is None:
             return value
-        value = value.float() * src.scale
+        value = value.to(torch.promote_types(value.dtype, torch.float32)) * src.scale  # fp64 stays fp64
         if src.noise is not None:
             noise = self._draw(src.noise.seed, "normal", block, j0, j1, tail)
             value = value + src.noise.sign * src.noise.std * noise
