@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", metavar="FILE",
                    help="a saved Adam/AdamW optimizer.state_dict() (torch.save; keyed by parameter ids in "
                         "named_parameters() order, or by names) to grow with the weights into optimizer.pt")
+    p.add_argument("--output-format", choices=("dcp", "safetensors"),
+                   help="write a torch.distributed checkpoint (DCP) folder or safetensors (default: dcp for a DCP "
+                        "input folder, one with .metadata, else safetensors); under torchrun --nproc-per-node N, "
+                        "N ranks write the DCP output together")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
     return parser
@@ -151,6 +155,19 @@ def _apply(args) -> int:
     from specgrow.transforms import compile_spec
 
     spec = load_spec(args.spec)
+    from specgrow.lower.dcp import is_dcp
+
+    output_format = args.output_format or ("dcp" if args.input and is_dcp(args.input) else "safetensors")
+    if output_format == "dcp":
+        for flag, value in (("--optimizer", args.optimizer), ("--max-shard-size", args.max_shard_size)):
+            if value is not None:
+                raise InputError(f"{flag} does not apply to --output-format dcp", path=flag)
+        from specgrow.lower.dcp import grow_dcp_from_env
+
+        grow_dcp_from_env(spec, args.input, args.output, device=args.device, dtype=args.dtype,
+                          allow_unproved=args.allow_unproved, overwrite=args.overwrite,
+                          log=(lambda *_: None) if args.quiet else print)
+        return 0
     plan = compile_spec(spec)
     from specgrow.lower.apply import ApplyOptions, apply_plan
 

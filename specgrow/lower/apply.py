@@ -68,12 +68,18 @@ class Opened:
         if self.files is not None:
             self.files.close()
 
+    def reopen(self):
+        """A second reader of the input's files (a DCP folder, or files `CheckpointFiles` reads)."""
+        from specgrow.lower.dcp import DcpFiles, is_dcp
+
+        return DcpFiles(self.path, self.family) if is_dcp(self.path) else CheckpointFiles(self.path)
+
     def reference_logits(self, tokens, pool: ThreadPoolExecutor):
         """The input's logits, computed on ``pool`` from a second reader of its own."""
         def run():
             if self.files is None:
                 return streamed_logits(self.shape, self.source, tokens)
-            with CheckpointFiles(self.path) as files:
+            with self.reopen() as files:
                 return streamed_logits(self.shape, RoleSource(files, self.family, self.shape, str(self.path)), tokens)
         return pool.submit(run)
 
@@ -126,6 +132,13 @@ def open_input(spec, plan, path: str | None) -> Opened:
     where = Path(path)
     if not where.exists():
         raise InputError(f"cannot read input checkpoint: no such file or folder '{where}'", path=path)
+    from specgrow.lower.dcp import is_dcp, open_dcp
+
+    if is_dcp(where):  # a torch.distributed checkpoint, grown here into safetensors
+        if arch != "reference":
+            raise SpecError(f"model.arch {arch}: a DCP input grows into safetensors only for the reference model; "
+                            "use --output-format dcp", path=spec.path)
+        return open_dcp(spec, plan, where)
     config = read_config(where) if where.is_dir() and (where / "config.json").is_file() else None
     if config is not None and "specgrow_config" in config:
         config = None  # a folder written by specgrow apply for the reference model
