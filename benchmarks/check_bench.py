@@ -2,20 +2,22 @@
 
 1. Cold ``specgrow check examples/six.yaml`` (a fresh ``python -m specgrow.cli`` process)
    against a fresh ``python -c "import sympy"``: the gate should cost at most 2x importing
-   SymPy. Median of 5 runs each, interleaved.
+   SymPy. Median of ``--runs`` runs each (5 by default), interleaved.
 2. ``specgrow check`` of a 96-layer spec against a 2-layer spec with the same steps
    (six.yaml's, with ``layers`` changed), each a fresh process: proofs compose per
    sublayer and identical layers share one proof, so depth should cost at most 1.2x.
    Printed too, for information: ``prove_spec`` alone in a fresh process (startup
    excluded; it includes compiling the plan, whose IR grows linearly with depth).
-   Median of 5, interleaved.
+   Median of ``--runs``, interleaved.
 
-Run from the repository root: ``python benchmarks/check_bench.py``.
+A command that fails (a spec not PROVED, say) stops the benchmark with an error.
+Run from the repository root: ``python benchmarks/check_bench.py [--runs N] [--json FILE]``;
+``python benchmarks/run.py`` prints these rows with the others in one table.
 """
 
 from __future__ import annotations
 
-import statistics
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -24,9 +26,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, Collected, Row, interleaved, print_rows, run_facts, write_json
+
 SIX = ROOT / "examples" / "six.yaml"
 RUNS = 5
+DEPTHS = (2, 96)
 PROVE_TIME = (
     "import sys, time\n"
     "from specgrow.spec import load_spec\n"
@@ -39,9 +43,18 @@ PROVE_TIME = (
 
 
 def wall(command: list[str]) -> float:
+    """Wall seconds of one fresh process, which must exit 0."""
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done = subprocess.run(command, cwd=ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"command failed (exit {done.returncode}): {' '.join(command)}\n"
+                           f"{done.stderr.decode(errors='replace')}")
+    return seconds
+
+
+def check_command(spec: Path) -> list[str]:
+    return [sys.executable, "-m", "specgrow.cli", "check", str(spec)]
 
 
 def prove_seconds(spec: Path) -> tuple[float, str]:
@@ -50,48 +63,70 @@ def prove_seconds(spec: Path) -> tuple[float, str]:
     return float(out[0]), out[1]
 
 
-def interleaved(measures: dict, runs: int = RUNS) -> dict[str, float]:
-    """Median of ``runs`` calls of each measure, the measures taking turns."""
-    samples: dict[str, list[float]] = {name: [] for name in measures}
-    for _ in range(runs):
-        for name, measure in measures.items():
-            samples[name].append(measure())
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def depth_specs(folder: Path) -> dict[int, Path]:
+def depth_specs(folder: Path, depths=DEPTHS) -> dict[int, Path]:
+    """six.yaml with ``model.dims.layers`` set to each depth, written to ``folder``."""
     doc = yaml.safe_load(SIX.read_text())
     paths = {}
-    for layers in (2, 96):
+    for layers in depths:
         doc["model"]["dims"]["layers"] = layers
         paths[layers] = folder / f"six-{layers}-layers.yaml"
         paths[layers].write_text(yaml.safe_dump(doc, sort_keys=False))
     return paths
 
 
-def report(name: str, ratio: float, target: float, detail: str) -> None:
-    verdict = "PASS" if ratio <= target else "FAIL"
-    print(f"{name}: {ratio:.2f}x (target <= {target}x) {verdict}  [{detail}]")
-
-
-def main() -> int:
-    print(f"python {sys.version.split()[0]}; median of {RUNS} interleaved runs")
+def cold_check(runs: int = RUNS) -> Row:
+    """Row 1: cold ``specgrow check examples/six.yaml`` / cold ``import sympy``."""
     cold = interleaved({
-        "check": lambda: wall([sys.executable, "-m", "specgrow.cli", "check", str(SIX)]),
+        "check": lambda: wall(check_command(SIX)),
         "sympy": lambda: wall([sys.executable, "-c", "import sympy"]),
-    })
-    report("cold check six.yaml / import sympy", cold["check"] / cold["sympy"], 2.0,
-           f"{cold['check']:.2f} s vs {cold['sympy']:.2f} s")
+    }, runs)
+    return Row("cold `specgrow check examples/six.yaml` / `import sympy`", cold["check"], cold["sympy"],
+               "s", "<=", 2.0, f"fresh processes, median of {runs} interleaved runs")
+
+
+def depth(runs: int = RUNS) -> Collected:
+    """Row 2: cold check of a 96-layer spec / of a 2-layer one; prove_spec alone for information."""
+    low, high = DEPTHS
     with tempfile.TemporaryDirectory() as tmp:
         specs = depth_specs(Path(tmp))
         verdicts = {layers: prove_seconds(spec)[1] for layers, spec in specs.items()}
-        proving = interleaved({layers: (lambda s=spec: prove_seconds(s)[0]) for layers, spec in specs.items()})
-        checks = interleaved({layers: (lambda s=spec: wall([sys.executable, "-m", "specgrow.cli", "check", str(s)]))
-                              for layers, spec in specs.items()})
-    report("check 96 layers / 2 layers", checks[96] / checks[2], 1.2,
-           f"{checks[96]:.2f} s vs {checks[2]:.2f} s; verdicts {verdicts[96]} / {verdicts[2]}")
-    print(f"prove_spec 96 layers / 2 layers: {proving[96] / proving[2]:.2f}x  "
-          f"[{proving[96]:.2f} s vs {proving[2]:.2f} s] (for information)")
+        proving = interleaved({layers: (lambda s=spec: prove_seconds(s)[0]) for layers, spec in specs.items()}, runs)
+        checks = interleaved({layers: (lambda s=spec: wall(check_command(s))) for layers, spec in specs.items()}, runs)
+    row = Row(f"cold `specgrow check`, {high} layers / {low} layers", checks[high], checks[low], "s",
+              "<=", 1.2, f"six.yaml's steps; verdicts {verdicts[high]} / {verdicts[low]}; "
+              f"fresh processes, median of {runs} interleaved runs")
+    info = {"prove_spec_seconds": {str(layers): proving[layers] for layers in DEPTHS},
+            "prove_spec_ratio": proving[high] / proving[low]}
+    return Collected([row], info)
+
+
+def measure(runs: int = RUNS) -> Collected:
+    rows = [cold_check(runs)]
+    deep = depth(runs)
+    return Collected(rows + deep.rows, deep.info)
+
+
+def info_lines(info: dict) -> list[str]:
+    if "prove_spec_seconds" not in info:
+        return []
+    low, high = (info["prove_spec_seconds"][str(d)] for d in DEPTHS)
+    return [f"for information: prove_spec alone, {DEPTHS[1]} layers / {DEPTHS[0]} layers: "
+            f"{info['prove_spec_ratio']:.2f}x [{high:.2f} s vs {low:.2f} s] (start-up excluded)"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=RUNS, help="interleaved runs per median (default %(default)s)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE ('-': stdout)")
+    args = parser.parse_args(argv)
+    facts = run_facts()
+    print(f"python {facts['python']}; median of {args.runs} interleaved runs")
+    result = measure(args.runs)
+    print_rows(result.rows)
+    for line in info_lines(result.info):
+        print(line)
+    if args.json:
+        write_json(args.json, result.rows, facts, result.info)
     return 0
 
 
