@@ -60,7 +60,7 @@ from specgrow.ir import Const, Old, Random
 from specgrow.lower.checkpoint import RoleSource
 from specgrow.lower.numeric import compare, tokens_for
 from specgrow.lower.safetensors_io import _Tensors
-from specgrow.lower.stream import StateSource, _scatter, chain, indices, whole
+from specgrow.lower.stream import StateSource, _scatter, chain, indices, outer, whole
 from specgrow.shape import ModelShape
 
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # exp_avg: like m; the others like v
@@ -277,7 +277,8 @@ def grow_adam_state(state: dict[str, dict], groups: list[dict], params: dict[str
     """
     _check_state(state, params)
     after = steps[-1].after if steps else before
-    grown_groups = _grown_groups(groups, family, prefix, before, steps)
+    origins = _role_origins(before, steps)
+    grown_groups = _grown_groups(groups, family, prefix, before, after, origins)
     if not state:
         return {}, grown_groups
     kinds = sorted({key for entry in state.values() for key in entry if key in MOMENTS})
@@ -291,7 +292,6 @@ def grow_adam_state(state: dict[str, dict], groups: list[dict], params: dict[str
         moments[kind] = {key: t.to(_work_dtype(t)) for key, t in _roles(named, family, before).items()}
     for step in steps:
         moments = _moment_step(step, moments)
-    origins = _role_origins(before, steps)
     step_of = _role_steps(state, family, prefix, before)
     members = {name for group in grown_groups for name in group["params"]}
     out = {}
@@ -377,7 +377,8 @@ def _order(key):
     return (key[1] is not None, key[1] or 0, key[0])
 
 
-def _grown_groups(groups: list[dict], family: Family, prefix: str, before: ModelShape, steps) -> list[dict]:
+def _grown_groups(groups: list[dict], family: Family, prefix: str, before: ModelShape, after: ModelShape,
+                  origins: dict) -> list[dict]:
     """The param groups of the grown model: each grown tensor joins the group of the tensor it grew from."""
     owner = {}
     for index, group in enumerate(groups):
@@ -387,8 +388,6 @@ def _grown_groups(groups: list[dict], family: Family, prefix: str, before: Model
     for name, stored, layer in family.stored_tensors(before, prefix):
         for role in stored.roles:
             name_of[(role, layer)] = name
-    after = steps[-1].after if steps else before
-    origins = _role_origins(before, steps)
     out = [{**{k: v for k, v in g.items() if k != "params"}, "params": []} for g in groups]
     for name, stored, layer in family.stored_tensors(after, prefix):
         origin = name_of[origins[(stored.roles[0], layer)]]
@@ -414,7 +413,7 @@ def _moment_step(step, moments: dict[str, dict]) -> dict[str, dict]:
                 where = tuple(indices(sel, value.device) for sel in block.where)
                 src = block.source
                 if isinstance(src, Old):
-                    index = _grid(tuple(indices(sel, value.device) for sel in src.index))
+                    index = outer(tuple(indices(sel, value.device) for sel in src.index), old.shape, value.device)
                     s = total.to(value)[index]
                     part = old[index] / s if kind == "exp_avg" else old[index] / (s * src.scale) ** 2
                     _scatter(value, where, part)
@@ -440,24 +439,10 @@ def _scale_sums(edit) -> torch.Tensor:
     total = torch.zeros(edit.old_shape, dtype=torch.float64)
     for block in edit.blocks:
         if isinstance(block.source, Old):
-            index = _grid(tuple(indices(sel, "cpu") for sel in block.source.index))
+            index = outer(tuple(indices(sel, "cpu") for sel in block.source.index), total.shape, "cpu")
             total[index] += block.source.scale
     total[total == 0] = 1.0  # never read; avoids 0/0 in unread elements
     return total
-
-
-def _grid(index: tuple) -> tuple:
-    """Per-axis (outer-product) indices as one advanced index (slices stay slices when at most one array)."""
-    arrays = [ix for ix in index if not isinstance(ix, slice)]
-    if len(arrays) <= 1:
-        return index
-    return tuple(ix.view([-1 if a == axis else 1 for a in range(len(index))])
-                 if not isinstance(ix, slice) else _expand(ix, axis, len(index)) for axis, ix in enumerate(index))
-
-
-def _expand(sl: slice, axis: int, ndim: int) -> torch.Tensor:
-    ix = torch.arange(sl.start, sl.stop)
-    return ix.view([-1 if a == axis else 1 for a in range(ndim)])
 
 
 def _seed_v(roles: dict, edit) -> float:

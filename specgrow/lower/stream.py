@@ -218,15 +218,22 @@ def indices(sel, device) -> torch.Tensor | slice:
     return (starts[:, None] + inner[None, :]).reshape(-1)
 
 
-def _scatter(tensor: torch.Tensor, index: tuple, value) -> None:
-    """``tensor[index] = value`` with per-axis (outer-product) indexing, without index grids."""
-    arrays = [axis for axis, ix in enumerate(index) if not isinstance(ix, slice)]
-    if len(arrays) <= 1:
-        tensor[index] = value
-        return
-    full = [torch.arange(tensor.shape[axis], device=tensor.device)[ix] if isinstance(ix, slice) else ix
+def outer(index: tuple, shape, device) -> tuple:
+    """Per-axis selections (slices or index tensors) as one index selecting their outer product.
+
+    With at most one index tensor, torch already indexes that way and ``index`` is returned;
+    otherwise every axis becomes a broadcast index tensor (``shape`` resolves the slices).
+    """
+    if sum(not isinstance(ix, slice) for ix in index) <= 1:
+        return index
+    full = [torch.arange(shape[axis], device=device)[ix] if isinstance(ix, slice) else ix
             for axis, ix in enumerate(index)]
-    tensor[tuple(ix.view([-1 if a == axis else 1 for a in range(len(full))]) for axis, ix in enumerate(full))] = value
+    return tuple(ix.view([-1 if a == axis else 1 for a in range(len(full))]) for axis, ix in enumerate(full))
+
+
+def _scatter(tensor: torch.Tensor, index: tuple, value) -> None:
+    """``tensor[index] = value`` with per-axis (outer-product) indexing."""
+    tensor[outer(index, tensor.shape, tensor.device)] = value
 
 
 def _as_slice(ix: torch.Tensor, device) -> torch.Tensor | slice:
