@@ -9,7 +9,9 @@ broadcast vectors through blocks. These rules do, each one small and separately 
 * ``zero_elementwise``: f.(0) -> 0, **only** when f(0) simplifies to 0
 * ``const_elementwise``: f.(c*1) -> f(c)*1 for a constant block
 * ``zero_hadamard``: A o 0 -> 0
-* SymPy's own ``bc_matmul``, ``bc_matadd``, ``bc_transpose`` and block unpacking.
+* ``block_matmul``, ``block_add``, ``block_transpose``: products, sums and transposes of
+  conformal block matrices, block by block (as SymPy's ``bc_matmul`` etc., but built with
+  the shallow `mul`/`add` below); SymPy's own block unpacking.
 
 `collapse` applies them bottom-up to a fixed point and records ``(rule, count)``.
 
@@ -32,9 +34,10 @@ from collections import Counter
 import sympy as sp
 from sympy import BlockMatrix, HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, OneMatrix, ZeroMatrix
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction as EAF
-from sympy.matrices.expressions.blockmatrix import bc_matadd, bc_matmul, bc_transpose, bc_unpack, deblock
+from sympy.matrices.expressions.blockmatrix import bc_unpack, deblock
 from sympy.matrices.expressions.transpose import Transpose
-from sympy.strategies import exhaust
+from sympy.matrices.expressions.matadd import factor_of, matrix_of, merge_explicit
+from sympy.strategies import condition, do_one, exhaust, flatten, glom, rm_id, sort, unpack
 
 _T = sp.Symbol("t")
 
@@ -91,6 +94,43 @@ def apply_fn(fn: sp.Lambda, arg: MatrixExpr) -> MatrixExpr:
     return EAF(fn, arg)
 
 
+# SymPy's ``*``, ``+`` and ``-`` on matrix expressions run a deep ``doit()`` over their
+# operands, so a sublayer built one product at a time is canonicalized again at every
+# product: quadratic in its size. The prover builds from leaves and from results of these
+# helpers, which are canonical already, so canonicalizing the new node alone gives the same
+# expression.
+def mul(*factors) -> MatrixExpr:
+    """The product of matrices and scalars (in order), canonicalized at the top only."""
+    return MatMul(*factors).doit(deep=False)
+
+
+def _combine(count, matrix):
+    return matrix if count == 1 else mul(count, matrix)
+
+
+# SymPy's canonical form of a sum (`sympy.matrices.expressions.matadd.canonicalize`), but
+# like terms are combined with the shallow `mul`: SymPy's ``count * matrix`` would
+# canonicalize the whole term again each time a coefficient is not 1 (every subtraction).
+_canonical_sum = exhaust(condition(lambda x: isinstance(x, MatAdd), do_one(
+    rm_id(lambda x: x == 0 or isinstance(x, ZeroMatrix)),
+    unpack,
+    flatten,
+    glom(matrix_of, factor_of, _combine),
+    merge_explicit,
+    sort(sp.default_sort_key),
+)))
+
+
+def add(*terms) -> MatrixExpr:
+    """The sum of matrix terms, canonicalized at the top only."""
+    return _canonical_sum(MatAdd(*terms))
+
+
+def sub(a, b) -> MatrixExpr:
+    """``a - b``, canonicalized at the top only."""
+    return add(a, mul(sp.S.NegativeOne, b))
+
+
 class Trace:
     """Counts of rewrite rules and lemmas applied during one proof."""
 
@@ -118,7 +158,7 @@ def _split(matrix: MatrixExpr, rows, cols) -> BlockMatrix | None:
         return BlockMatrix([[kind(r, c) for c in cols] for r in rows])
     coeff, mats = matrix.as_coeff_matrices() if isinstance(matrix, MatMul) else (1, (matrix,))
     if len(mats) == 1 and isinstance(mats[0], OneMatrix):
-        return BlockMatrix([[coeff * OneMatrix(r, c) for c in cols] for r in rows])
+        return BlockMatrix([[mul(coeff, OneMatrix(r, c)) for c in cols] for r in rows])
     return None
 
 
@@ -132,11 +172,11 @@ def r_elementwise(e, trace):
             trace.rule("zero_elementwise (f(0)=0)")
             return ZeroMatrix(*e.shape)
         trace.rule("const_elementwise")
-        return e.function(0) * OneMatrix(*e.shape)
+        return mul(e.function(0), OneMatrix(*e.shape))
     coeff, mats = e.expr.as_coeff_matrices() if isinstance(e.expr, MatMul) else (None, ())
     if len(mats) == 1 and isinstance(mats[0], OneMatrix):
         trace.rule("const_elementwise")
-        return sp.simplify(e.function(coeff)) * OneMatrix(*e.shape)
+        return mul(sp.simplify(e.function(coeff)), OneMatrix(*e.shape))
     return e
 
 
@@ -160,12 +200,34 @@ def r_hadamard(e, trace):
     return _grid(ref, lambda b, i, j: HadamardProduct(*[p.blocks[i, j] for p in parts]).doit())
 
 
+def _block_chain(coeff, mats):
+    """``coeff * mats`` with each conformal product next to a block matrix done block by block.
+
+    A plain factor next to a block matrix counts as a 1x1 grid; a product whose cuts do not
+    line up is left as it is. None when no product was done.
+    """
+    mats, done, i = list(mats), False, 0
+    while i + 1 < len(mats):
+        a, b = mats[i], mats[i + 1]
+        if isinstance(a, BlockMatrix) or isinstance(b, BlockMatrix):
+            a = a if isinstance(a, BlockMatrix) else BlockMatrix([[a]])
+            b = b if isinstance(b, BlockMatrix) else BlockMatrix([[b]])
+            if a.colblocksizes == b.rowblocksizes:
+                x, y = a.blocks, b.blocks
+                mats[i:i + 2] = [BlockMatrix([[add(*[mul(x[r, k], y[k, c]) for k in range(x.shape[1])])
+                                               for c in range(y.shape[1])] for r in range(x.shape[0])])]
+                done = True
+                continue
+        i += 1
+    return mul(coeff, *mats) if done else None
+
+
 def r_matmul(e, trace):
     coeff, mats = e.as_coeff_matrices()
     mats = list(mats)
     if len(mats) == 1 and isinstance(mats[0], BlockMatrix) and coeff != 1:
         trace.rule("scalar_into_blocks")
-        return _grid(mats[0], lambda b, i, j: coeff * b)
+        return _grid(mats[0], lambda b, i, j: mul(coeff, b))
     for i in range(len(mats) - 1):
         a, b = mats[i], mats[i + 1]
         if isinstance(a, BlockMatrix) and a.blockshape[1] > 1 and not isinstance(b, BlockMatrix):
@@ -173,16 +235,16 @@ def r_matmul(e, trace):
             if split is not None:
                 mats[i + 1] = split
                 trace.rule("split_const")
-                return coeff * MatMul(*mats)
+                return mul(coeff, *mats)
         if isinstance(b, BlockMatrix) and b.blockshape[0] > 1 and not isinstance(a, BlockMatrix):
             split = _split(a, [a.shape[0]], b.rowblocksizes)
             if split is not None:
                 mats[i] = split
                 trace.rule("split_const")
-                return coeff * MatMul(*mats)
+                return mul(coeff, *mats)
     if any(isinstance(m, BlockMatrix) for m in mats):
-        out = bc_matmul(e)
-        if out != e:
+        out = _block_chain(coeff, mats)
+        if out is not None:
             trace.rule("block_matmul")
             return out
     elif any(isinstance(m, MatAdd) for m in mats):
@@ -202,17 +264,18 @@ def r_matadd(e, trace):
             return MatAdd(*parts)
         return e
     if len(blocks) > 1:
-        out = bc_matadd(e)
-        if out != e:
+        ref = blocks[0]
+        if all(b.rowblocksizes == ref.rowblocksizes and b.colblocksizes == ref.colblocksizes for b in blocks):
             trace.rule("block_add")
-            return out
+            return _grid(ref, lambda _, i, j: add(*[b.blocks[i, j] for b in blocks]))
     return e
 
 
 def r_transpose(e, trace):
     if isinstance(e.arg, BlockMatrix):
         trace.rule("block_transpose")
-        return bc_transpose(e)
+        b = e.arg.blocks
+        return BlockMatrix([[b[i, j].T for i in range(b.shape[0])] for j in range(b.shape[1])])
     return e
 
 
@@ -224,6 +287,15 @@ def r_unpack(e, trace):
 
 
 _LEAVES = (MatrixSymbol, ZeroMatrix, OneMatrix)
+
+
+def _shallow(e):
+    """A product or sum whose arguments are canonical, canonicalized at the top."""
+    if isinstance(e, MatAdd):
+        return add(*e.args)
+    if isinstance(e, MatMul):
+        return mul(*e.args)
+    return e
 
 
 def collapse(expr, trace: Trace, extra=None):
@@ -239,12 +311,20 @@ def collapse(expr, trace: Trace, extra=None):
             if isinstance(e, kind):
                 out = rule(e, trace)
                 if out is not e and out != e:
-                    return out.doit(deep=False) if isinstance(out, (MatAdd, MatMul)) else out
+                    return _shallow(out)
                 return e
         return e
 
+    seen: dict = {}  # node -> its rewrite in this collapse (repeated subterms are rewritten once)
+
     def walk(e):
         """Bottom-up: rebuild a node only when one of its matrix arguments changed."""
+        done = seen.get(e)
+        if done is None:
+            done = seen[e] = _walk(e)
+        return done
+
+    def _walk(e):
         if isinstance(e, BlockMatrix):
             blocks = e.blocks
             new = [[walk(blocks[i, j]) for j in range(blocks.shape[1])] for i in range(blocks.shape[0])]
@@ -253,9 +333,7 @@ def collapse(expr, trace: Trace, extra=None):
         elif isinstance(e, MatrixExpr) and not isinstance(e, _LEAVES):
             args = [walk(a) if isinstance(a, MatrixExpr) else a for a in e.args]
             if any(a is not b for a, b in zip(args, e.args)):
-                e = e.func(*args)
-                if isinstance(e, (MatAdd, MatMul)):
-                    e = e.doit(deep=False)
+                e = _shallow(e.func(*args))
         return exhaust(step)(e)
 
     result = exhaust(walk)(expr)

@@ -25,6 +25,7 @@ import sympy as sp
 from sympy import BlockMatrix, MatrixSymbol, OneMatrix, ZeroMatrix
 
 from specgrow.ir import Const, Grouped, Old, Random, Range, sym
+from specgrow.verify.algebra import add, mul
 
 
 class Stuck(Exception):
@@ -72,6 +73,12 @@ class Symbolic:
 
 def _env(edit):
     return {sym(name): sp.Integer(value) for name, value in edit.dims}
+
+
+@functools.lru_cache(maxsize=1024)
+def exact(value) -> sp.Rational:
+    """A spec's number as the exact rational it is written as (0.02 -> 1/50; ints stay ints)."""
+    return sp.Integer(value) if isinstance(value, int) else sp.Rational(repr(float(value)))
 
 
 def _inner(sel):
@@ -240,7 +247,7 @@ def _cell(edit, block, cell, cuts, pieces, env, name, serial, placements, zeros)
     shape = dims if len(dims) == 2 else [1, dims[0]]
     src = block.source
     if isinstance(src, Const):
-        return ZeroMatrix(*shape) if src.value == 0 else sp.nsimplify(src.value) * OneMatrix(*shape)
+        return ZeroMatrix(*shape) if src.value == 0 else mul(exact(src.value), OneMatrix(*shape))
     if isinstance(src, Random):
         if src.param == 0 or (src.dist == "like_old" and src.like in zeros):
             return ZeroMatrix(*shape)  # no spread around a zero mean
@@ -261,10 +268,10 @@ def _cell(edit, block, cell, cuts, pieces, env, name, serial, placements, zeros)
         if isinstance(block.where[a], Grouped):
             placements.append(Placement(cuts[a][index[-1]], cuts[a][index[-1] + 1],
                                         c.start, c.step, sp.sympify(src.scale)))
-    value = sp.sympify(src.scale) * pieces[tuple(index)]
+    value = mul(sp.sympify(src.scale), pieces[tuple(index)])
     if src.noise is not None:
         noise = MatrixSymbol(f"N{src.noise.seed % 10007}:{name}", *shape)
-        value = value + src.noise.sign * sp.nsimplify(src.noise.std) * noise
+        value = add(value, mul(src.noise.sign * exact(src.noise.std), noise))
     return value
 
 

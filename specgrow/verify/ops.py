@@ -25,6 +25,8 @@ import functools
 import sympy as sp
 from sympy import BlockMatrix, MatAdd, MatMul, MatrixExpr, OneMatrix, ZeroMatrix
 
+from specgrow.verify.algebra import mul
+
 
 @functools.lru_cache(maxsize=1024)
 def _eps(value):
@@ -137,7 +139,7 @@ def r_rmsnorm(e, trace):
     c, g0 = _split_scalar(g)
     if c != 1:
         trace.lemma("gain_linear")
-        return c * RMSNorm(x, g0, eps)
+        return mul(c, RMSNorm(x, g0, eps))
     if isinstance(x, BlockMatrix) and isinstance(g, BlockMatrix) and x.blockshape[0] == 1:
         xs, gs = list(x.blocks), list(g.blocks)
         if len(xs) != len(gs) or [b.shape[1] for b in xs] != [b.shape[1] for b in gs]:
@@ -149,7 +151,7 @@ def r_rmsnorm(e, trace):
             ratio = sp.cancel(total / width)
             trace.lemma("rms_pad")
             blocks = [ZeroMatrix(*b.shape) for b in xs]
-            blocks[i] = sp.sqrt(ratio) * RMSNorm(xs[i], gs[i], eps * ratio)
+            blocks[i] = mul(sp.sqrt(ratio), RMSNorm(xs[i], gs[i], eps * ratio))
             return BlockMatrix([blocks])
         if len(set(xs)) == 1 and len(xs) > 1:
             trace.lemma("norm_copies")
@@ -161,12 +163,12 @@ def r_layernorm(e, trace):
     x, g, b, eps = e.args
     if isinstance(g, ZeroMatrix):
         trace.lemma("zero_gain")
-        return ZeroMatrix(*e.shape) if isinstance(b, ZeroMatrix) else OneMatrix(x.shape[0], 1) * b
+        return ZeroMatrix(*e.shape) if isinstance(b, ZeroMatrix) else mul(OneMatrix(x.shape[0], 1), b)
     cg, g0 = _split_scalar(g)
     cb, b0 = _split_scalar(b)
     if cg != 1 and (cg == cb or isinstance(b, ZeroMatrix)):
         trace.lemma("gain_linear")
-        return cg * LayerNorm(x, g0, b0 if cb == cg else b, eps)
+        return mul(cg, LayerNorm(x, g0, b0 if cb == cg else b, eps))
     if isinstance(x, BlockMatrix) and x.blockshape[0] == 1 and len(set(x.blocks)) == 1 and len(x.blocks) > 1:
         if isinstance(g, BlockMatrix) and isinstance(b, BlockMatrix) and \
                 len(g.blocks) == len(b.blocks) == len(x.blocks):
@@ -200,12 +202,12 @@ def r_rope(e, trace):
     c, x0 = _split_scalar(x)
     if c != 1:
         trace.lemma("rope_linear")
-        return c * Rope(x0, width, tag)
+        return mul(c, Rope(x0, width, tag))
     if isinstance(x, BlockMatrix):
         coeffs = {_split_scalar(b)[0] for b in x.blocks}
         if len(coeffs) == 1 and (c := coeffs.pop()) != 1:
             trace.lemma("rope_linear")
-            return c * Rope(BlockMatrix([[_split_scalar(b)[1] for b in x.blocks]]), width, tag)
+            return mul(c, Rope(BlockMatrix([[_split_scalar(b)[1] for b in x.blocks]]), width, tag))
     return e
 
 

@@ -24,7 +24,7 @@ from sympy import BlockMatrix, MatAdd, MatMul, MatrixSymbol, ZeroMatrix
 from specgrow.ir import Const, Old, Random
 from specgrow.transforms import compile_spec
 from specgrow.verify import sublayers as S
-from specgrow.verify.algebra import Trace, collapse
+from specgrow.verify.algebra import Trace, collapse, sub
 from specgrow.verify.build import Stuck
 from specgrow.verify.ops import LEMMAS, LayerNorm, RMSNorm
 from specgrow.verify.result import (
@@ -310,7 +310,7 @@ def _obligation(step, sublayer, layers, statement, build, key, side=None):
     side = side if side is not None else []
     try:
         new, target = build()
-        residual = collapse(new - target, trace, extra=LEMMAS)
+        residual = collapse(sub(new, target), trace, extra=LEMMAS)
     except Stuck as err:
         result = Obligation(step, sublayer, layers, Verdict.UNKNOWN, statement, stuck=str(err),
                             seconds=time.perf_counter() - started)

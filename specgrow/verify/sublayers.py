@@ -13,7 +13,7 @@ from sympy import BlockMatrix, HadamardProduct, MatrixSymbol, OneMatrix, ZeroMat
 
 from specgrow.ir import sym
 from specgrow.transforms.common import SPACE_SIZE
-from specgrow.verify.algebra import Trace, apply_fn, collapse, elementwise_fn
+from specgrow.verify.algebra import Trace, add, apply_fn, collapse, elementwise_fn, mul
 from specgrow.verify.build import Stuck, symbolize
 from specgrow.verify.ops import LEMMAS, Heads, LayerNorm, RMSNorm, Rope, Softmax
 from specgrow.shape import GLOBAL_ROLES, LAYER_ROLES
@@ -35,6 +35,7 @@ class Weights:
         self.zeros = zeros  # (role, layer) of the old tensors known to be exactly zero
         self.placements = {}
         self.segments = {}
+        self.symbolic = {}  # role -> its `Symbolic`, built once for all the obligations of a layer
 
     def has(self, role) -> bool:
         return role in self.edits or self.shape.has_role(role)
@@ -42,7 +43,9 @@ class Weights:
     def get(self, role):
         """(new, old) symbolic tensors, transposed to [in, out] (vectors as rows)."""
         if role in self.edits:
-            s = symbolize(self.edits[role], role, self.zeros)
+            s = self.symbolic.get(role)
+            if s is None:
+                s = self.symbolic[role] = symbolize(self.edits[role], role, self.zeros)
             self.placements[role], self.segments[role] = s.placements, s.segments
             if s.new.shape != s.old.shape and self.edits[role].source is None:
                 raise Stuck(f"{role}: unexpected shapes")
@@ -65,7 +68,7 @@ def _add_bias(w, role, pair):
         return pair
     new, old = w.get(role)
     ones = OneMatrix(pair[0].shape[0], 1)
-    return pair[0] + ones * new, pair[1] + ones * old
+    return add(pair[0], mul(ones, new)), add(pair[1], mul(ones, old))
 
 
 def norm(w, prefix, x_new, x_old, eps_new):
@@ -78,7 +81,7 @@ def norm(w, prefix, x_new, x_old, eps_new):
 
 def _project(w, role, x_new, x_old):
     w_new, w_old = w.get(f"{role}.weight")
-    return _add_bias(w, f"{role}.bias", (x_new * w_new, x_old * w_old))
+    return _add_bias(w, f"{role}.bias", (mul(x_new, w_new), mul(x_old, w_old)))
 
 
 def mlp(w, x_new, x_old, eps_new):
@@ -103,7 +106,7 @@ def attention(w, x_new, x_old, eps_new, key_new, value_new):
     heads_new = Heads(q[0], k_[0], v_[0], key_new, value_new, 1 / sp.sqrt(key_new), rope)
     heads_old = Heads(q[1], k_[1], v_[1], k, v, 1 / sp.sqrt(k), rope)
     o_new, o_old = w.get("attn.o.weight")
-    return _add_bias(w, "attn.o.bias", (heads_new * o_new, heads_old * o_old))
+    return _add_bias(w, "attn.o.bias", (mul(heads_new, o_new), mul(heads_old, o_old)))
 
 
 def attention_head(w, x_new, x_old, eps_new, key_new, value_new, side, same_scores=True):
@@ -120,15 +123,15 @@ def attention_head(w, x_new, x_old, eps_new, key_new, value_new, side, same_scor
     if w.shape.position == "rope":
         q = (rotate(w, q[0], key_new, side), Rope(q[1], k, "old"))
         k_ = (rotate(w, k_[0], key_new, side), Rope(k_[1], k, "old"))
-    scores_new = q[0] * k_[0].T / sp.sqrt(key_new)
-    scores_old = q[1] * k_[1].T / sp.sqrt(k)
+    scores_new = mul(1 / sp.sqrt(key_new), q[0], k_[0].T)
+    scores_old = mul(1 / sp.sqrt(k), q[1], k_[1].T)
     v_ = _project(w, "attn.v", xn_new, xn_old)
     o_new, o_old = w.get("attn.o.weight")
     if "attn.v.weight" in w.segments and "attn.o.weight" in w.segments and \
             w.segments["attn.v.weight"][0] != w.segments["attn.o.weight"][1]:
         raise Stuck("value and output heads are cut differently (no shared permutation)")
     weights_new = Softmax(scores_old if same_scores else scores_new)
-    contribution = (weights_new * v_[0] * o_new, Softmax(scores_old) * v_[1] * o_old)
+    contribution = (mul(weights_new, v_[0], o_new), mul(Softmax(scores_old), v_[1], o_old))
     return contribution, (scores_new, scores_old)
 
 
@@ -168,11 +171,11 @@ def rotate(w, x, width, side):
 def embedding(w, lift):
     e_new, e_old = w.get("embed.weight")
     tokens = MatrixSymbol("onehot", n, sym("V"))
-    new, old = tokens * e_new.T, tokens * e_old.T
+    new, old = mul(tokens, e_new.T), mul(tokens, e_old.T)
     if w.has("pos.weight"):
         p_new, p_old = w.get("pos.weight")
         positions = MatrixSymbol("positions", n, sym("T"))
-        new, old = new + positions * p_new.T, old + positions * p_old.T
+        new, old = add(new, mul(positions, p_new.T)), add(old, mul(positions, p_old.T))
     return new, lift(old)
 
 
@@ -181,7 +184,7 @@ def head(w, x_new, x_old, eps_new):
         x_new, x_old = norm(w, "final_norm", x_new, x_old, eps_new)
     role = "embed.weight" if w.shape.tie_embeddings else "unembed.weight"
     u_new, u_old = w.get(role)
-    return x_new * u_new, x_old * u_old
+    return mul(x_new, u_new), mul(x_old, u_old)
 
 
 def lifted(kind, x, extra):
