@@ -8,7 +8,8 @@ import pytest
 import sympy as sp
 from sympy import BlockMatrix, HadamardProduct, MatrixSymbol, OneMatrix, ZeroMatrix
 
-from specgrow.verify.algebra import Trace, apply_fn, collapse, elementwise_fn
+from specgrow.verify.algebra import Trace, add, apply_fn, collapse, elementwise_fn, mul, sub
+from specgrow.verify.build import exact
 
 n, h, p, q = sp.symbols("n h p q", positive=True, integer=True)
 DIMS = {n: 3, h: 4, p: 2, q: 3}
@@ -50,6 +51,7 @@ CASES = {
     "block_matmul": (x * BlockMatrix([[W, R]]) * BlockMatrix([[V], [Vn]]), "block_matmul"),
     "scalar_into_blocks": (2 * BlockMatrix([[A, B]]) + BlockMatrix([[A, ZeroMatrix(n, q)]]), "scalar_into_blocks"),
     "block_transpose": (sp.Transpose(x * BlockMatrix([[W, R]])), "block_transpose"),
+    "block_add": (BlockMatrix([[A, B]]) + BlockMatrix([[2 * A, -B]]), "block_add"),
     "distribute": (x * (W + MatrixSymbol("U", h, p)) - x * W, "distribute"),
 }
 
@@ -106,3 +108,44 @@ def test_activation_value_at_zero_is_the_true_one(name, formula, torch_fn):
     assert float(fn(torch.zeros(1))) == float(declared)
     t = sp.Symbol("t")
     assert elementwise_fn(name)(t) != 0  # elsewhere it stays opaque, never rewritten
+
+
+def _operands():
+    """Canonical operands as the prover builds them: leaves, products, sums, blocks, scalars."""
+    f = elementwise_fn("relu")
+    xw = x * W
+    return [
+        (xw, V), (2 * xw, V), (apply_fn(f, xw + x * W), V), (x * BlockMatrix([[W, R]]), BlockMatrix([[V], [Vn]])),
+        (-(xw * V), x), (sp.Rational(1, 3) * (A + 2 * A), OneMatrix(p, h)), (ZeroMatrix(n, p), V),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_shallow_helpers_give_sympys_canonical_forms(index):
+    """``mul``/``add``/``sub`` canonicalize only the new node; on canonical operands that is
+    what SymPy's operators (a deep ``doit``) give."""
+    a, b = _operands()[index]
+    assert mul(a, b) == a * b
+    assert mul(sp.Integer(-3), a, b) == -3 * a * b
+    ab = a * b
+    assert add(ab, ab) == ab + ab and sub(ab, ab) == ZeroMatrix(*ab.shape)
+    other = (x * W * V) if ab.shape == (n, h) else ab
+    assert add(ab, 2 * other) == ab + 2 * other
+    assert sub(ab, sp.Rational(1, 2) * other) == ab - other / 2
+
+
+def test_block_product_leaves_cuts_that_do_not_line_up():
+    """A product whose cuts differ (p | q against q | p) is not multiplied block by block."""
+    left, right = BlockMatrix([[A, B]]), BlockMatrix([[MatrixSymbol("C", q, h)], [MatrixSymbol("D", p, h)]])
+    trace = Trace()
+    out = collapse(left * right, trace)
+    assert "block_matmul" not in trace.rules
+    same_value(left * right, out)
+
+
+@pytest.mark.parametrize("value,rational", [
+    (0.02, sp.Rational(1, 50)), (1e-5, sp.Rational(1, 100000)), (1.0, sp.Integer(1)), (3, sp.Integer(3)),
+    (0.1, sp.Rational(1, 10)), (2.5, sp.Rational(5, 2)), (-0.75, sp.Rational(-3, 4)),
+])
+def test_spec_numbers_are_the_rationals_they_are_written_as(value, rational):
+    assert exact(value) == rational
