@@ -142,6 +142,24 @@ def test_validate_and_plan_do_not_import_torch():
     assert "layers.0.mlp.up.weight" in proc.stdout and "(256, 64) -> (512, 64)" in proc.stdout
 
 
+def test_check_freezes_the_prover_import_and_keeps_collecting():
+    """The prover's import (SymPy's objects) is frozen out of the collector's scans; the
+    collector itself is on again afterwards, with its thresholds untouched."""
+    code = (
+        "import gc, sys\n"
+        "from specgrow.cli import main\n"
+        "thresholds = gc.get_threshold()\n"
+        f"assert main(['check', {SIX!r}]) == 0\n"
+        "assert 'sympy' in sys.modules and gc.get_freeze_count() > 50_000, gc.get_freeze_count()\n"
+        "assert gc.isenabled() and gc.get_threshold() == thresholds\n"
+        "gc.disable()\n"
+        f"assert main(['check', {SIX!r}]) == 0\n"
+        "assert not gc.isenabled(), 'a caller that turned the collector off keeps it off'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
 def _reference_checkpoint(tmp_path, spec_path, suffix):
     spec = load_spec(spec_path)
     state = random_state(ModelShape.from_spec(spec.model), seed=7)
