@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import struct
@@ -108,15 +110,43 @@ def test_header_is_written_first_padded_and_in_entry_order(tmp_path):
     out = SafetensorsWriter(path, entries, {"format": "pt"})
     raw = path.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
-    assert len(raw) == 8 + length and (8 + length) % 8 == 0
-    header = json.loads(raw[8:])
+    assert (8 + length) % 8 == 0
+    if hasattr(os, "posix_fallocate"):  # the whole file is reserved up front
+        assert len(raw) == 8 + length + 58
+    header = json.loads(raw[8:8 + length])
     assert list(header) == ["__metadata__", "b", "a"]
     assert header["a"] == {"dtype": "BF16", "shape": [5], "data_offsets": [48, 58]}
     out.write("b", torch.ones(4, 3))
+    with pytest.raises(ValueError, match="not complete"):
+        out.sha256()
     out.write("a", torch.zeros(5, dtype=torch.bfloat16))
     out.close()
+    assert out.sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert path.stat().st_size == 8 + length + 58
     with SafetensorsReader(path) as f:
         assert f.names() == ["b", "a"] and f.metadata == {"format": "pt"}
+
+
+def test_a_disk_too_small_fails_before_anything_is_written(tmp_path, monkeypatch):
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(InputError, match=r"not enough disk space: 1,\d{3} bytes needed for m\.safetensors"):
+        SafetensorsWriter(tmp_path / "m.safetensors", [("a", torch.float32, (256,))])
+
+
+def test_a_file_system_that_cannot_preallocate_is_written_as_is(tmp_path, monkeypatch):
+    def unsupported(fd, offset, size):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported, raising=False)
+    path = tmp_path / "m.safetensors"
+    with SafetensorsWriter(path, [("a", torch.float32, (3,))]) as out:
+        out.write("a", torch.arange(3.0))
+    assert out.sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
+    with SafetensorsReader(path) as f:
+        assert same(f.read_rows("a", 0, 3), torch.arange(3.0))
 
 
 @pytest.mark.parametrize("name", ["w" * n for n in range(1, 9)])

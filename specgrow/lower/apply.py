@@ -196,9 +196,8 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
                                         concrete.steps, opened.config, config)
     with atomic_directory(options.output, options.overwrite) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
         reference_future = opened.reference_logits(tokens, pool)  # overlaps with writing
-        files = write_checkpoint(tmp, opened.family, opened.prefix, plan.after, grown, dtype=dtype,
-                                 max_shard_bytes=max_shard, metadata=metadata, quiet=options.quiet)
-        output_hashes = _hash_in_background([tmp / name for name in files])
+        output_hashes = write_checkpoint(tmp, opened.family, opened.prefix, plan.after, grown, dtype=dtype,
+                                         max_shard_bytes=max_shard, metadata=metadata, quiet=options.quiet)
         reference = reference_future.result()
         with CheckpointFiles(tmp) as written:
             after = streamed_logits(plan.after, RoleSource(written, opened.family, plan.after, str(tmp)), tokens)
@@ -242,7 +241,7 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
             },
             "numeric_check": result.as_dict(),
             "parameters": {"before": plan.before.parameter_count(), "after": plan.after.parameter_count()},
-            "output": {"files": _resolved(output_hashes), "copied": copied},
+            "output": {"files": output_hashes, "copied": copied},
         }
         if optimizer_record is not None:
             manifest["optimizer"] = optimizer_record

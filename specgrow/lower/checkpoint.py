@@ -145,8 +145,11 @@ class Progress:
 
 def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShape, source, *,
                      dtype: torch.dtype | None, max_shard_bytes: int | None, metadata: dict[str, str],
-                     quiet: bool = True) -> list[str]:
-    """Write the stored tensors of ``shape`` pulled from ``source``; the file names written."""
+                     quiet: bool = True) -> dict[str, str]:
+    """Write the stored tensors of ``shape`` pulled from ``source``: ``{file name: sha256}``.
+
+    Each file's hash is taken from its bytes as they are written, not by reading it back.
+    """
     tensors = family.stored_tensors(shape, prefix)
     entries = [(name, dtype or source.dtype((stored.roles[0], layer)), stored_shape(stored, shape, layer))
                for name, stored, layer in tensors]
@@ -154,17 +157,20 @@ def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShap
     shards = plan_shards(entries, max_shard_bytes)
     files = shard_names(len(shards))
     progress = Progress(sum(tensor_bytes(dtype, shape) for _, dtype, shape in entries), quiet)
+    hashes = {}
     for shard, file in zip(shards, files):
-        with SafetensorsWriter(folder / file, shard, metadata) as writer, _Background(writer.write) as write:
-            for name, out_dtype, out_shape in shard:
-                stored, layer = by_name[name]
-                for chunk in _stored_chunks(source, stored, layer):
-                    write(name, chunk.to(out_dtype))
-                progress.advance(tensor_bytes(out_dtype, out_shape), name)
+        with SafetensorsWriter(folder / file, shard, metadata) as writer:
+            with _Background(writer.write) as write:
+                for name, out_dtype, out_shape in shard:
+                    stored, layer = by_name[name]
+                    for chunk in _stored_chunks(source, stored, layer):
+                        write(name, chunk.to(out_dtype))
+                    progress.advance(tensor_bytes(out_dtype, out_shape), name)
+        hashes[file] = writer.sha256()
     if len(shards) > 1:
         index = index_json(shards, files)
         (folder / INDEX_FILES[0]).write_text(json.dumps(index, indent=2) + "\n")
-    return files
+    return hashes
 
 
 class _Background:

@@ -21,6 +21,8 @@ an index, or ``pytorch_model.bin``) or a single state-dict file through the same
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
 import os
@@ -237,12 +239,23 @@ class SafetensorsWriter:
         self._rows = [shape[0] if shape else 1 for _, _, shape in self._entries]
         self._done = [0] * len(self._entries)
         self._at = 0  # the tensor being written
+        self._sha256 = hashlib.sha256()  # of the bytes written, in file order
+        head = struct.pack("<Q", len(raw)) + raw
         try:
             self._file = open(path, "wb")
-            self._file.write(struct.pack("<Q", len(raw)) + raw)
-            self._file.flush()
         except OSError as exc:
             raise InputError(f"cannot write checkpoint: {exc.strerror}", path=str(path)) from None
+        try:
+            _preallocate(self._file.fileno(), len(head) + offset, self.path)
+            self._file.write(head)
+            self._file.flush()
+        except OSError as exc:
+            self._file.close()
+            raise InputError(f"cannot write checkpoint: {exc.strerror}", path=str(path)) from None
+        except BaseException:
+            self._file.close()
+            raise
+        self._sha256.update(head)
 
     def write(self, name: str, chunk: torch.Tensor) -> None:
         """Append the next rows of tensor ``name`` (a 0-d tensor is written whole)."""
@@ -269,9 +282,16 @@ class SafetensorsWriter:
         if self._done[i] + rows > self._rows[i]:
             raise ValueError(f"tensor '{name}' has {self._rows[i]} rows: {self._done[i]} written, "
                              f"{rows} more are too many")
-        data = chunk.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self._file.write(data.numpy())
+        data = chunk.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._file.write(data)
+        self._sha256.update(data)  # releases the GIL on large buffers, as the write does
         self._done[i] += rows
+
+    def sha256(self) -> str:
+        """The hex sha256 of the file, from the bytes as they were written (once it is complete)."""
+        if not self._file.closed or any(done < rows for done, rows in zip(self._done, self._rows)):
+            raise ValueError("the file is not complete yet")
+        return self._sha256.hexdigest()
 
     def close(self) -> None:
         """Check every tensor is complete, then flush and fsync; the file is closed either way."""
@@ -294,6 +314,25 @@ class SafetensorsWriter:
             self.close()
         else:
             self._file.close()
+
+
+def _preallocate(fd: int, size: int, path: Path) -> None:
+    """Reserve the file's ``size`` bytes before writing (the header fixes the size up front).
+
+    The file system allocates its blocks at once rather than as every write extends the
+    file, which on ext4 made the writes several times slower; a disk too small fails here,
+    before anything is computed. Where the system cannot preallocate, nothing is done.
+    """
+    if size <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise InputError(f"not enough disk space: {size:,} bytes needed for {path.name}",
+                             path=str(path)) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 def parse_size(text: str | int) -> int:
