@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from specgrow.cli import main
 from specgrow.lower.numeric import streamed_logits, tokens_for
+from specgrow.ir import StepPlan
 from specgrow.lower.stream import StateSource, bands, chain, whole
 from specgrow.models.reference import build, random_state
 from specgrow.shape import tensor_name
@@ -173,3 +174,17 @@ def test_pytorch_model_bin_folder_is_grown(tmp_path, capsys):
     t = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(grown(t).logits, model(t).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_like_old_moments_are_those_of_the_whole_tensor_across_bands(dtype):
+    """Mean and unbiased std of an old tensor, merged over its 8 MB bands, match fp64 ones."""
+    from specgrow.lower.stream import StepSource
+
+    old = (torch.randn(20000, 300, generator=torch.Generator().manual_seed(3)) * 0.02 + 0.5).to(dtype)
+    assert len(list(bands(StateSource({("w", None): old}), ("w", None)))) > 1
+    grown = StepSource(StateSource({("w", None): old}), StepPlan(0, "mlp", None, None, ()), "cpu")
+    mean, std = grown._moments_of(("w", None))
+    exact = old.double()
+    assert mean == pytest.approx(float(exact.mean()), rel=1e-9)
+    assert std == pytest.approx(float(exact.std()), rel=1e-7)
