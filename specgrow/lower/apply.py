@@ -3,8 +3,9 @@
 Order: prove the spec; open the input (the reference model from the spec's seed, a
 specgrow file or folder, or a HuggingFace folder whose config.json must describe the
 spec's model) and check every tensor's name, shape and dtype; stream the grown tensors
-into a temporary folder (one band of rows at a time); compare the logits of the input and
-of the files just written; only then add the config, certificate and manifest and rename
+into a temporary folder (one band of rows at a time, each file hashed as it is written);
+compare the logits of the input and of the files just written, while they are fsynced; only
+then add the config, certificate and manifest and rename
 the folder into place. Anything not PROVED, or a failed numeric check, writes nothing
 unless ``allow_unproved``.
 """
@@ -28,7 +29,7 @@ from specgrow.lower.checkpoint import (
     RoleSource, atomic_directory, copy_side_files, one_malloc_arena, sha256_file, write_checkpoint,
 )
 from specgrow.lower.numeric import compare, streamed_logits, tokens_for
-from specgrow.lower.safetensors_io import CheckpointFiles, parse_size
+from specgrow.lower.safetensors_io import CheckpointFiles, fsync_files, parse_size
 from specgrow.lower.stream import StateSource, chain, whole
 from specgrow.models.reference import random_state
 from specgrow.shape import tensor_name
@@ -197,11 +198,14 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
     with atomic_directory(options.output, options.overwrite) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
         reference_future = opened.reference_logits(tokens, pool)  # overlaps with writing
         output_hashes = write_checkpoint(tmp, opened.family, opened.prefix, plan.after, grown, dtype=dtype,
-                                         max_shard_bytes=max_shard, metadata=metadata, quiet=options.quiet)
+                                         max_shard_bytes=max_shard, metadata=metadata, quiet=options.quiet,
+                                         sync=False)
         reference = reference_future.result()
+        synced = pool.submit(fsync_files, [tmp / name for name in output_hashes])  # while the check reads
         with CheckpointFiles(tmp) as written:
             after = streamed_logits(plan.after, RoleSource(written, opened.family, plan.after, str(tmp)), tokens)
         result = compare(reference, after, check_dtype, spec.seed)
+        synced.result()
         if not result.passed:
             index = _first_failing_step(plan, concrete, opened.source, tokens, reference, check_dtype, spec.seed,
                                         device)

@@ -145,10 +145,12 @@ class Progress:
 
 def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShape, source, *,
                      dtype: torch.dtype | None, max_shard_bytes: int | None, metadata: dict[str, str],
-                     quiet: bool = True) -> dict[str, str]:
+                     quiet: bool = True, sync: bool = True) -> dict[str, str]:
     """Write the stored tensors of ``shape`` pulled from ``source``: ``{file name: sha256}``.
 
     Each file's hash is taken from its bytes as they are written, not by reading it back.
+    Without ``sync`` the files are not fsynced: the caller does it (`fsync_files`), e.g. while
+    it checks them.
     """
     tensors = family.stored_tensors(shape, prefix)
     entries = [(name, dtype or source.dtype((stored.roles[0], layer)), stored_shape(stored, shape, layer))
@@ -159,7 +161,7 @@ def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShap
     progress = Progress(sum(tensor_bytes(dtype, shape) for _, dtype, shape in entries), quiet)
     hashes = {}
     for shard, file in zip(shards, files):
-        with SafetensorsWriter(folder / file, shard, metadata) as writer:
+        with SafetensorsWriter(folder / file, shard, metadata, sync=sync) as writer:
             with _Background(writer.write) as write:
                 for name, out_dtype, out_shape in shard:
                     stored, layer = by_name[name]

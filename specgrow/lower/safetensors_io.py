@@ -217,7 +217,8 @@ class SafetensorsReader(_Tensors):
 class SafetensorsWriter:
     """Write a safetensors file whose header is known up front, streaming rows in entry order."""
 
-    def __init__(self, path, entries: list[Entry], metadata: dict[str, str] | None = None):
+    def __init__(self, path, entries: list[Entry], metadata: dict[str, str] | None = None, sync: bool = True):
+        """``sync``: fsync the file on `close` (else the caller makes it durable, see `fsync_files`)."""
         header: dict = {}
         if metadata is not None:
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
@@ -239,6 +240,7 @@ class SafetensorsWriter:
         self._rows = [shape[0] if shape else 1 for _, _, shape in self._entries]
         self._done = [0] * len(self._entries)
         self._at = 0  # the tensor being written
+        self._sync = sync
         self._sha256 = hashlib.sha256()  # of the bytes written, in file order
         head = struct.pack("<Q", len(raw)) + raw
         try:
@@ -294,7 +296,7 @@ class SafetensorsWriter:
         return self._sha256.hexdigest()
 
     def close(self) -> None:
-        """Check every tensor is complete, then flush and fsync; the file is closed either way."""
+        """Check every tensor is complete, then flush (and fsync); the file is closed either way."""
         if self._file.closed:
             return
         try:
@@ -302,7 +304,8 @@ class SafetensorsWriter:
                 if done < rows:
                     raise ValueError(f"tensor '{name}' is incomplete: {done} of {rows} rows written")
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._sync:
+                os.fsync(self._file.fileno())
         finally:
             self._file.close()
 
@@ -314,6 +317,16 @@ class SafetensorsWriter:
             self.close()
         else:
             self._file.close()
+
+
+def fsync_files(paths) -> None:
+    """Make written files durable: each one's data and size reach the disk (`os.fsync`)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _preallocate(fd: int, size: int, path: Path) -> None:
