@@ -162,11 +162,11 @@ def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShap
     hashes = {}
     for shard, file in zip(shards, files):
         with SafetensorsWriter(folder / file, shard, metadata, sync=sync) as writer:
-            with _Background(writer.write) as write:
+            with _Background(writer.put) as put:  # the writes overlap computing (and hashing) the next band
                 for name, out_dtype, out_shape in shard:
                     stored, layer = by_name[name]
                     for chunk in _stored_chunks(source, stored, layer):
-                        write(name, chunk.to(out_dtype))
+                        put(writer.accept(name, chunk.to(out_dtype)))
                     progress.advance(tensor_bytes(out_dtype, out_shape), name)
         hashes[file] = writer.sha256()
     if len(shards) > 1:

@@ -261,6 +261,14 @@ class SafetensorsWriter:
 
     def write(self, name: str, chunk: torch.Tensor) -> None:
         """Append the next rows of tensor ``name`` (a 0-d tensor is written whole)."""
+        self.put(self.accept(name, chunk))
+
+    def accept(self, name: str, chunk: torch.Tensor):
+        """Check and count the next rows of ``name`` and hash them: the bytes `put` appends next.
+
+        `write` is ``put(accept(...))``; apart, one thread can check and hash while another
+        writes (in the same order).
+        """
         i = self._position.get(name)
         if i is None:
             raise ValueError(f"tensor '{name}' is not among this file's entries")
@@ -285,9 +293,13 @@ class SafetensorsWriter:
             raise ValueError(f"tensor '{name}' has {self._rows[i]} rows: {self._done[i]} written, "
                              f"{rows} more are too many")
         data = chunk.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._file.write(data)
-        self._sha256.update(data)  # releases the GIL on large buffers, as the write does
+        self._sha256.update(data)
         self._done[i] += rows
+        return data
+
+    def put(self, data) -> None:
+        """Append bytes from `accept`, in the order it returned them."""
+        self._file.write(data)
 
     def sha256(self) -> str:
         """The hex sha256 of the file, from the bytes as they were written (once it is complete)."""
