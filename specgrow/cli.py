@@ -173,6 +173,10 @@ def _plan(args) -> int:
 def _apply(args) -> int:
     from specgrow.spec import load_spec
 
+    if args.input is not None:  # the manifest's hashes of the input, while torch and SymPy load
+        from specgrow.lower.hashes import prefetch
+
+        prefetch(args.input)
     spec = load_spec(args.spec)
     _import_frozen("specgrow.lower.apply")  # torch, and SymPy for the proof
     from specgrow.lower.dcp import is_dcp

@@ -26,8 +26,9 @@ from specgrow.arch import FAMILIES, REFERENCE
 from specgrow.arch.hf import cross_check, family_of, grown_config, layer_origins, read_config, shortest_window
 from specgrow.errors import InputError, NumericCheckError, SpecError, UnprovedError
 from specgrow.lower.checkpoint import (
-    RoleSource, atomic_directory, copy_side_files, one_malloc_arena, sha256_file, write_checkpoint,
+    RoleSource, atomic_directory, copy_side_files, one_malloc_arena, write_checkpoint,
 )
+from specgrow.lower.hashes import sha256_file, sha256_later
 from specgrow.lower.numeric import compare, streamed_logits, tokens_for
 from specgrow.lower.safetensors_io import CheckpointFiles, fsync_files, parse_size
 from specgrow.lower.stream import StateSource, chain, whole
@@ -257,11 +258,9 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
 
 
 def _hash_in_background(paths) -> dict:
-    """``{file name: future sha256}``, hashed on a worker thread while the main thread works."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    futures = {p.name: pool.submit(sha256_file, p) for p in paths}
-    pool.shutdown(wait=False)
-    return futures
+    """``{file name: future sha256}``, hashed on a worker thread while the main thread works
+    (files `specgrow.lower.hashes.prefetch` started on are not hashed twice)."""
+    return {p.name: sha256_later(p) for p in paths}
 
 
 def _resolved(value):

@@ -11,7 +11,6 @@ the input is only ever opened for reading.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -27,20 +26,12 @@ import torch
 
 from specgrow.arch import Family, stored_shape
 from specgrow.errors import CheckpointError, InputError
+from specgrow.lower.hashes import WEIGHT_SUFFIXES
 from specgrow.lower.safetensors_io import SafetensorsWriter, index_json, plan_shards, shard_names, tensor_bytes
 from specgrow.lower.stream import bands, whole
 from specgrow.shape import ModelShape
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class RoleSource:

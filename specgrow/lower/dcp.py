@@ -39,7 +39,8 @@ import torch
 
 from specgrow.arch import FAMILIES, Family, Stored
 from specgrow.errors import CheckpointError, InputError, NumericCheckError, SpecgrowError
-from specgrow.lower.checkpoint import RoleSource, atomic_directory, sha256_file
+from specgrow.lower.checkpoint import RoleSource, atomic_directory
+from specgrow.lower.hashes import sha256_file
 from specgrow.lower.safetensors_io import _check_rows, _reason, _Tensors
 from specgrow.lower.stream import bands, chain
 

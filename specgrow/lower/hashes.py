@@ -1,0 +1,81 @@
+"""sha256 of files on a worker thread, started as early as the caller knows the files.
+
+``apply`` records its input files' hashes in the manifest. It asks for them as soon as it
+has parsed its arguments, before torch and SymPy load: hashing releases the GIL, so another
+core hashes while this one imports (about two seconds of a 2 GB checkpoint's hashing that
+no longer waits for anything). Asking again for the same file (same size and modification
+time) gives the same future. The worker is a daemon thread: a run that stops early does not
+wait for hashing it no longer needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
+
+_futures: dict = {}
+_lock = threading.Lock()
+_work: queue.Queue | None = None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_later(path) -> Future:
+    """A future of the file's hex sha256, computed once on the worker thread."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    with _lock:
+        future = _futures.get(key)
+        if future is None:
+            future = _futures[key] = Future()
+            _queue().put((path, future))
+        return future
+
+
+def prefetch(path) -> None:
+    """Start hashing the weight file ``path``, or the weight files in folder ``path``.
+
+    Nothing is checked here: a path that is missing or unreadable is reported by the
+    caller's own reading, and its hash is simply not asked for.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            for item in sorted(path.iterdir()):
+                if item.suffix in WEIGHT_SUFFIXES and item.is_file():
+                    sha256_later(item)
+        elif path.is_file():
+            sha256_later(path)
+    except OSError:
+        pass
+
+
+def _queue() -> queue.Queue:
+    global _work
+    if _work is None:
+        _work = queue.Queue()
+        threading.Thread(target=_worker, args=(_work,), name="specgrow-sha256", daemon=True).start()
+    return _work
+
+
+def _worker(work: queue.Queue) -> None:
+    while True:
+        path, future = work.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(sha256_file(path))
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
