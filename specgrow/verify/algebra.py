@@ -36,7 +36,6 @@ from sympy import BlockMatrix, HadamardProduct, MatAdd, MatMul, MatrixExpr, Matr
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction as EAF
 from sympy.matrices.expressions.blockmatrix import bc_unpack, deblock
 from sympy.matrices.expressions.transpose import Transpose
-from sympy.matrices.expressions.matadd import factor_of, matrix_of, merge_explicit
 from sympy.strategies import condition, do_one, exhaust, flatten, glom, rm_id, sort, unpack
 
 _T = sp.Symbol("t")
@@ -108,15 +107,17 @@ def _combine(count, matrix):
     return matrix if count == 1 else mul(count, matrix)
 
 
-# SymPy's canonical form of a sum (`sympy.matrices.expressions.matadd.canonicalize`), but
-# like terms are combined with the shallow `mul`: SymPy's ``count * matrix`` would
-# canonicalize the whole term again each time a coefficient is not 1 (every subtraction).
+# SymPy's canonical form of a sum (the rules of `sympy.matrices.expressions.matadd`, less
+# the merging of explicit matrices, which the prover never builds), but like terms are
+# combined with the shallow `mul`: SymPy's ``count * matrix`` canonicalizes the whole term
+# again each time a coefficient is not 1 (every subtraction). Should this form ever differ
+# from SymPy's, terms would fail to cancel: a residual left standing (REFUTED only with a
+# numeric counterexample, else UNKNOWN), never a false PROVED.
 _canonical_sum = exhaust(condition(lambda x: isinstance(x, MatAdd), do_one(
     rm_id(lambda x: x == 0 or isinstance(x, ZeroMatrix)),
     unpack,
     flatten,
-    glom(matrix_of, factor_of, _combine),
-    merge_explicit,
+    glom(lambda term: unpack(term.as_coeff_mmul()[1]), lambda term: term.as_coeff_mmul()[0], _combine),
     sort(sp.default_sort_key),
 )))
 
