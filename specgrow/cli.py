@@ -11,6 +11,7 @@ IR's shapes are SymPy expressions) is imported by the commands that compile a sp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import json
@@ -98,24 +99,33 @@ def _validate(args) -> int:
     return status
 
 
-def _import_frozen(name: str):
-    """Import a module with the cyclic garbage collector off, then freeze what it built.
+@contextlib.contextmanager
+def _uncollected(freeze: bool = False):
+    """The cyclic garbage collector off for the block (as it was before, after it).
 
     Importing SymPy (or torch) builds hundreds of thousands of objects that live as long as
-    the process. The collector would scan them again and again while they load and at every
-    full collection afterwards: about a seventh of a cold ``check``. They are never garbage,
-    so `gc.freeze` moves them out of its sight; collection stays on for the work itself.
+    the process, and a proof builds the IR and expression trees it keeps until its end;
+    neither leaves cyclic garbage behind. The collector would only scan them again and
+    again: about a seventh of a cold ``check``. With ``freeze``, what the block built is
+    moved out of its sight for good (`gc.freeze`), for an import.
     """
-    if name in sys.modules:
-        return sys.modules[name]
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return importlib.import_module(name)
+        yield
     finally:
-        gc.freeze()
+        if freeze:
+            gc.freeze()
         if enabled:
             gc.enable()
+
+
+def _import_frozen(name: str):
+    """Import a module with the collector off, then freeze what it built (`_uncollected`)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    with _uncollected(freeze=True):
+        return importlib.import_module(name)
 
 
 def _prove_file(path: str):
@@ -124,7 +134,9 @@ def _prove_file(path: str):
 
     try:
         spec = load_spec(path)
-        return _import_frozen("specgrow.verify.prover").prove_spec(spec)
+        prove_spec = _import_frozen("specgrow.verify.prover").prove_spec
+        with _uncollected():
+            return prove_spec(spec)
     except SpecgrowError as err:
         return err
 
