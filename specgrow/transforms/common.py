@@ -142,28 +142,23 @@ def grow_tensor(ctx: Context, shape: ModelShape, role: str, layer: int | None,
     axes, new_shape, old_shape = [], [], []
     for space in spaces:
         size = SPACE_SIZE[space]
-        new_size, segments = grow.get(space, (size, keep(size)))
+        grown = grow.get(space)
+        new_size, segments = grown if grown is not None else (size, keep(size))
         axes.append(segments)
         new_shape.append(new_size)
         old_shape.append(size)
     src_layer = layer if source_layer == -1 else source_layer
     source = None if source_layer is None else (role, src_layer)
     blocks = []
-    for combo in itertools.product(*axes):
-        where = tuple(seg.where for seg in combo)
-        fills = [seg.fill for seg in combo if seg.old is None]
-        if fills:
-            src = ctx.source_for(fills[0], role, layer, len(blocks), like or source)
+    for where, fill, old, scale, mark in _combinations(tuple(axes)):
+        if old is None:
+            src = ctx.source_for(fill, role, layer, len(blocks), like or source)
         else:
-            scale = 1
-            for seg in combo:
-                scale = scale * seg.scale
             noise = None
-            marks = [seg.noise for seg in combo if seg.noise is not None]
-            if marks and noise_std > 0:
-                pair, sign = marks[0]
+            if mark is not None and noise_std > 0:
+                pair, sign = mark
                 noise = Noise(noise_std, ctx.derive_seed(role, layer, "noise", pair), sign)
-            src = Old(tuple(seg.old for seg in combo), scale, noise)
+            src = Old(old, scale, noise)
         blocks.append(Block(where, src))
     return TensorEdit(
         role=role, layer=layer, source=source,
@@ -171,6 +166,29 @@ def grow_tensor(ctx: Context, shape: ModelShape, role: str, layer: int | None,
         new_shape=tuple(new_shape), blocks=tuple(blocks),
         dims=tuple(sorted(dims.items())),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _combinations(axes: tuple) -> tuple:
+    """Each combination of one segment per axis, as ``(where, fill, old, scale, noise mark)``.
+
+    ``old`` is None when a segment of the combination is new (its ``fill``, the first new
+    one's, fills the block); else the old selections, the product of the scales and the
+    first noise mark. Many tensors share their axes, so this is computed once for them.
+    """
+    out = []
+    for combo in itertools.product(*axes):
+        where = tuple(seg.where for seg in combo)
+        fills = [seg.fill for seg in combo if seg.old is None]
+        if fills:
+            out.append((where, fills[0], None, None, None))
+            continue
+        scale = 1
+        for seg in combo:
+            scale = scale * seg.scale
+        marks = [seg.noise for seg in combo if seg.noise is not None]
+        out.append((where, None, tuple(seg.old for seg in combo), scale, marks[0] if marks else None))
+    return tuple(out)
 
 
 def roles_with(shape: ModelShape, layer: int | None, space: str) -> list[str]:

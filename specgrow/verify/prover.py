@@ -136,27 +136,28 @@ def prove_step(step_plan, step, eps_value, zeros=frozenset()):
     invariant = {"pad": "residual stream [x, 0]", "copies": f"residual stream [x]*{extra}",
                  "same": "residual stream x"}[kind]
     out = []
+    flags = _flags(before)
     globals_ = by_layer.get(None, {})
     w = S.Weights(before, globals_, None, zeros=zeros)
     if globals_ or kind != "same":  # otherwise embedding and head are untouched: nothing to prove
         out.append(_obligation(step_plan.index, "embedding", (), "embed'(t) = lift(embed(t))",
-                               lambda: S.embedding(w, lift), _key("embedding", _flags(before), globals_, kind, _zero_roles(zeros, None))))
+                               lambda: S.embedding(w, lift), _key("embedding", flags, globals_, kind, _zero_roles(zeros, None))))
         out.append(_obligation(step_plan.index, "final norm + unembedding", (), "head'(lift(x)) = head(x)",
                                lambda: _eps(S.head(w, lift(x), x, eps_new), eps_old),
-                               _key("head", _flags(before), globals_, kind, eps_value, eps_new, _zero_roles(zeros, None))))
+                               _key("head", flags, globals_, kind, eps_value, eps_new, _zero_roles(zeros, None))))
     groups: dict = {}
     for layer in range(len(after.layers)):
         edits = by_layer.get(layer, {})
         if edits and all(e.source is None for e in edits.values()):
             like = _old_index(edits, layer)
-            groups.setdefault(("new", _key("new", _flags(before), edits, _zero_roles(zeros, like))),
+            groups.setdefault(("new", _key("new", flags, edits, _zero_roles(zeros, like))),
                               []).append((layer, edits))
         elif edits and all(e.is_identity() for e in edits.values()):
             continue  # a moved layer: every tensor copied unchanged
         elif edits or kind != "same":
             old = before.layers[_old_index(edits, layer)]
             zero_roles = _zero_roles(zeros, _old_index(edits, layer))
-            groups.setdefault(("grown", _key("grown", _flags(before), old, edits, kind, eps_value, zero_roles)),
+            groups.setdefault(("grown", _key("grown", flags, old, edits, kind, eps_value, zero_roles)),
                               []).append((layer, edits))
     for (what, _), members in groups.items():
         layer, edits = members[0]
