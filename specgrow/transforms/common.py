@@ -49,6 +49,7 @@ def keep(size: ir.Expr) -> tuple[Segment, ...]:
     return (Segment(Range(0, size), Range(0, size)),)
 
 
+@functools.lru_cache(maxsize=256)
 def pad(old: ir.Expr, new: ir.Expr, fill: InitRef, scale: ir.Expr = 1) -> tuple[Segment, ...]:
     """Old indices first (scaled), then a new slice filled by ``fill``: zero-pad growth."""
     return (Segment(Range(0, old), Range(0, old), scale=scale), Segment(Range(old, new), fill=fill))
@@ -150,16 +151,15 @@ def grow_tensor(ctx: Context, shape: ModelShape, role: str, layer: int | None,
     src_layer = layer if source_layer == -1 else source_layer
     source = None if source_layer is None else (role, src_layer)
     blocks = []
-    for where, fill, old, scale, mark in _combinations(tuple(axes)):
+    for where, fill, old, scale, mark, plain in _combinations(tuple(axes)):
         if old is None:
-            src = ctx.source_for(fill, role, layer, len(blocks), like or source)
+            blocks.append(Block(where, ctx.source_for(fill, role, layer, len(blocks), like or source)))
+        elif mark is not None and noise_std > 0:
+            pair, sign = mark
+            noise = Noise(noise_std, ctx.derive_seed(role, layer, "noise", pair), sign)
+            blocks.append(Block(where, Old(old, scale, noise)))
         else:
-            noise = None
-            if mark is not None and noise_std > 0:
-                pair, sign = mark
-                noise = Noise(noise_std, ctx.derive_seed(role, layer, "noise", pair), sign)
-            src = Old(old, scale, noise)
-        blocks.append(Block(where, src))
+            blocks.append(plain)  # no seed in it: one block shared by every tensor with these axes
     return TensorEdit(
         role=role, layer=layer, source=source,
         old_shape=None if source is None else tuple(old_shape),
@@ -170,24 +170,26 @@ def grow_tensor(ctx: Context, shape: ModelShape, role: str, layer: int | None,
 
 @functools.lru_cache(maxsize=1024)
 def _combinations(axes: tuple) -> tuple:
-    """Each combination of one segment per axis, as ``(where, fill, old, scale, noise mark)``.
+    """Each combination of one segment per axis: ``(where, fill, old, scale, noise mark, block)``.
 
     ``old`` is None when a segment of the combination is new (its ``fill``, the first new
-    one's, fills the block); else the old selections, the product of the scales and the
-    first noise mark. Many tensors share their axes, so this is computed once for them.
+    one's, fills the block); else the old selections, the product of the scales, the first
+    noise mark and the block that copies them without noise. Many tensors share their axes,
+    so this is computed once for them.
     """
     out = []
     for combo in itertools.product(*axes):
         where = tuple(seg.where for seg in combo)
         fills = [seg.fill for seg in combo if seg.old is None]
         if fills:
-            out.append((where, fills[0], None, None, None))
+            out.append((where, fills[0], None, None, None, None))
             continue
         scale = 1
         for seg in combo:
             scale = scale * seg.scale
         marks = [seg.noise for seg in combo if seg.noise is not None]
-        out.append((where, None, tuple(seg.old for seg in combo), scale, marks[0] if marks else None))
+        old = tuple(seg.old for seg in combo)
+        out.append((where, None, old, scale, marks[0] if marks else None, Block(where, Old(old, scale, None))))
     return tuple(out)
 
 
