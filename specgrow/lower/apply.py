@@ -26,9 +26,9 @@ from specgrow.arch import FAMILIES, REFERENCE
 from specgrow.arch.hf import cross_check, family_of, grown_config, layer_origins, read_config, shortest_window
 from specgrow.errors import InputError, NumericCheckError, SpecError, UnprovedError
 from specgrow.lower.checkpoint import (
-    RoleSource, atomic_directory, copy_side_files, one_malloc_arena, write_checkpoint,
+    RoleSource, atomic_directory, copy_side_files, write_checkpoint,
 )
-from specgrow.lower.hashes import sha256_file, sha256_later
+from specgrow.lower.hashes import one_malloc_arena, sha256_file, sha256_later
 from specgrow.lower.numeric import compare, streamed_logits, tokens_for
 from specgrow.lower.safetensors_io import CheckpointFiles, fsync_files, parse_size
 from specgrow.lower.stream import StateSource, chain, whole

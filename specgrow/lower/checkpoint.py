@@ -95,25 +95,6 @@ class RoleSource:
         return self.where[key]
 
 
-def one_malloc_arena() -> None:
-    """Make glibc's threads share one malloc arena (a no-op elsewhere).
-
-    The writer and hashing threads free bands that other threads allocated; with an arena
-    per thread each keeps its freed bands, and peak memory of growing a 2 GB checkpoint
-    roughly doubles (benchmarks/apply_bench.py measures it).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "mallopt"):
-            libc.mallopt(-8, 1)  # M_ARENA_MAX
-    except OSError:
-        pass
-
-
 class Progress:
     """A one-line progress report on stderr, refreshed at most every half second."""
 
