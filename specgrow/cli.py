@@ -190,7 +190,8 @@ def _apply(args) -> int:
 
         prefetch(args.input)
     spec = load_spec(args.spec)
-    _import_frozen("specgrow.lower.apply")  # torch, and SymPy for the proof
+    _import_frozen("specgrow.lower.apply")  # torch
+    _import_frozen("specgrow.verify.prover")  # SymPy, for the plan and the proof
     from specgrow.lower.dcp import is_dcp
     from specgrow.transforms import compile_spec
 
