@@ -10,6 +10,7 @@ atol = rtol = 1e-4 (`tests.helpers.ATOL`/`RTOL`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -90,3 +91,61 @@ def test_layernorm_constant_shift_is_unknown_not_refuted():
     assert max_diff(spec) < 1e-4
     certificate = prove_spec(spec)
     assert certificate.verdict.value == "UNKNOWN" and certificate.counterexample is None
+
+
+SILENT_RELU_UNIT = """\
+specgrow: 1
+model:
+  dims: {hidden: 5, mlp: 7, heads: 4, kv_heads: 2, key: 2, value: 2, layers: 2, vocab: 5, positions: 4}
+  norm_eps: 0.05
+  norm: rmsnorm
+  position: rope
+  activation: relu
+  tie_embeddings: true
+  bias: true
+  final_norm: true
+seed: 496
+steps:
+- value: {to: 4, init: {v: zeros, o: {like_old: 0.5}}}
+- value: {to: 5}
+- key: {to: 6, placement: interleave, rescale: k, layers: [0, 1]}
+- mlp: {to: 8, method: duplicate, noise: 0.0}
+- mlp: {to: 9, layers: [1], init: {b_in: {normal: 0.5}, w_out: {normal: 1.0}, w_in: {uniform: 0.5}}}
+"""
+
+
+def test_a_relu_unit_silent_on_the_random_model_is_still_refuted():
+    """Found by the soundness property: the last step's one new ReLU unit draws a bias below what
+    its input weights reach from inputs normalized with gains near 1, so on the random model it
+    never fires (30 model seeds tried) and the logits do not move. With every norm gain times 4
+    it fires: the counterexample says so, and the difference is reproduced from its own words."""
+    from specgrow.lower.apply import grow_state
+    from specgrow.lower.numeric import logits, tokens_for
+    from specgrow.models.reference import random_state
+    from specgrow.shape import NORM_GAINS, ModelShape
+    from specgrow.spec import load_spec_text
+    from specgrow.transforms import compile_steps
+    from specgrow.verify.prover import prove_spec
+    from tests.helpers import max_diff
+
+    spec = load_spec_text(SILENT_RELU_UNIT.encode())
+    assert max_diff(spec) < 1e-4
+    certificate = prove_spec(spec)
+    assert certificate.verdict.value == "REFUTED", certificate.verdict
+    cx = certificate.counterexample
+    assert cx.norm_gain > 1 and cx.max_abs_diff > ATOL
+    from specgrow.verify.report import counterexample_summary, render_markdown
+
+    assert f"norm gains x{cx.norm_gain:g};" in counterexample_summary(certificate)
+    assert f"every norm gain times {cx.norm_gain:g}" in render_markdown(certificate)
+    shape = dataclasses.replace(ModelShape.from_spec(spec.model), vocab=cx.dims["vocab"],
+                                positions=cx.dims["positions"])
+    plan = compile_steps(spec.steps, shape, spec.seed).concrete()
+    state = {name: t * cx.norm_gain if name.endswith(NORM_GAINS) else t
+             for name, t in random_state(plan.before, cx.seed).items()}
+    states = grow_state(state, plan, "cpu")
+    tokens = tokens_for(plan.before, cx.seed, "cpu")
+    assert tokens[0].tolist() == cx.tokens
+    before, after = logits(plan.before, states[0], tokens), logits(plan.after, states[-1], tokens)
+    assert float((before - after).abs().max()) == pytest.approx(cx.max_abs_diff, rel=1e-5)
+    assert [round(float(v), 6) for v in before[0, -1, :4]] == cx.reference

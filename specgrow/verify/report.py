@@ -103,7 +103,8 @@ def counterexample_summary(cert: Certificate) -> str | None:
         return None
     dims = ", ".join(f"{k}={v}" for k, v in cx.dims.items())
     alone = "" if cx.stage is None else f"stages[{cx.stage}] grown alone from random weights; "
-    return (f"counterexample: {alone}dims {dims}; seed {cx.seed}; max |Δ| {cx.max_abs_diff:.3g} "
+    gain = "" if cx.norm_gain == 1 else f"; norm gains x{cx.norm_gain:g}"
+    return (f"counterexample: {alone}dims {dims}; seed {cx.seed}{gain}; max |Δ| {cx.max_abs_diff:.3g} "
             f"(tolerance {cx.tolerance})")
 
 
@@ -321,7 +322,8 @@ def render_markdown(cert: Certificate) -> str:
             f" (random weights in the shape stages[{cx.stage}] starts from, grown by that stage alone)"
         lines += ["## Counterexample", "",
                   f"The reference model{alone} at " + ", ".join(f"{k}={v}" for k, v in cx.dims.items())
-                  + f", seed {cx.seed}, tokens {_code(_number(cx.tokens))}:", "",
+                  + f", seed {cx.seed}" + ("" if cx.norm_gain == 1 else f", every norm gain times {cx.norm_gain:g}")
+                  + f", tokens {_code(_number(cx.tokens))}:", "",
                   f"- original logits: {_code(_number(cx.reference))}",
                   f"- grown logits: {_code(_number(cx.grown))}",
                   f"- max |Δ| = {cx.max_abs_diff:.3g} (tolerance {_one_line(cx.tolerance)})", ""]

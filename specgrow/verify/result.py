@@ -98,6 +98,7 @@ class Counterexample:
     max_abs_diff: float
     tolerance: str
     stage: int | None = None  # a growth plan's stage grown alone from these dims (None: the whole spec)
+    norm_gain: float = 1.0  # every norm gain of the random model multiplied by this
 
 
 @dataclass(frozen=True)
