@@ -11,13 +11,12 @@ IR's shapes are SymPy expressions) is imported by the commands that compile a sp
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import importlib
 import json
 import sys
 
 from specgrow import __version__
+from specgrow.collector import paused
 from specgrow.errors import InputError, SpecgrowError
 
 
@@ -99,32 +98,12 @@ def _validate(args) -> int:
     return status
 
 
-@contextlib.contextmanager
-def _uncollected(freeze: bool = False):
-    """The cyclic garbage collector off for the block (as it was before, after it).
-
-    Importing SymPy (or torch) builds hundreds of thousands of objects that live as long as
-    the process, and a proof builds the IR and expression trees it keeps until its end;
-    neither leaves cyclic garbage behind. The collector would only scan them again and
-    again: about a seventh of a cold ``check``. With ``freeze``, what the block built is
-    moved out of its sight for good (`gc.freeze`), for an import.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if freeze:
-            gc.freeze()
-        if enabled:
-            gc.enable()
-
-
 def _import_frozen(name: str):
-    """Import a module with the collector off, then freeze what it built (`_uncollected`)."""
+    """Import a module with the garbage collector off, then freeze what it built
+    (`specgrow.collector`: none of it is garbage, and the collector need not scan it again)."""
     if name in sys.modules:
         return sys.modules[name]
-    with _uncollected(freeze=True):
+    with paused(freeze=True):
         return importlib.import_module(name)
 
 
@@ -134,9 +113,7 @@ def _prove_file(path: str):
 
     try:
         spec = load_spec(path)
-        prove_spec = _import_frozen("specgrow.verify.prover").prove_spec
-        with _uncollected():
-            return prove_spec(spec)
+        return _import_frozen("specgrow.verify.prover").prove_spec(spec)
     except SpecgrowError as err:
         return err
 

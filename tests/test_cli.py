@@ -243,3 +243,21 @@ def test_lowering_does_not_import_sympy_at_import_time():
     code = "import sys, specgrow.lower.apply, specgrow.lower.stream\nassert 'sympy' not in sys.modules\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_prove_spec_pauses_the_collector_and_restores_it(monkeypatch):
+    import gc
+
+    import specgrow.verify.prover as prover
+
+    seen = []
+    real = prover.compile_spec
+
+    def compile_spec(spec):
+        seen.append(gc.isenabled())
+        return real(spec)
+
+    monkeypatch.setattr(prover, "compile_spec", compile_spec)
+    assert gc.isenabled()
+    assert prover.prove_spec(load_spec(SIX)).verdict.value == "PROVED"
+    assert seen == [False] and gc.isenabled()
