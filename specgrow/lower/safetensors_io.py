@@ -245,18 +245,15 @@ class SafetensorsWriter:
         head = struct.pack("<Q", len(raw)) + raw
         try:
             self._file = open(path, "wb")
+            try:
+                _preallocate(self._file.fileno(), len(head) + offset, self.path)
+                self._file.write(head)
+                self._file.flush()
+            except BaseException:
+                self._file.close()
+                raise
         except OSError as exc:
             raise InputError(f"cannot write checkpoint: {exc.strerror}", path=str(path)) from None
-        try:
-            _preallocate(self._file.fileno(), len(head) + offset, self.path)
-            self._file.write(head)
-            self._file.flush()
-        except OSError as exc:
-            self._file.close()
-            raise InputError(f"cannot write checkpoint: {exc.strerror}", path=str(path)) from None
-        except BaseException:
-            self._file.close()
-            raise
         self._sha256.update(head)
 
     def write(self, name: str, chunk: torch.Tensor) -> None:
