@@ -5,6 +5,24 @@ new tensor: each block selects a set of indices per axis (`Range` or `Grouped`) 
 names a source: `Old` (a selection of the old tensor, times a scale, optionally plus
 cancelling noise), `Const` (zeros, ones) or `Random` (a seeded distribution).
 
+Each source has exactly one meaning, written here and nowhere else; the executor
+(`specgrow.lower.stream`) realises it, the prover (`specgrow.verify.build`) reads it, the
+float64 witness (`specgrow.verify.witness`) realises it again, and neither special-cases a
+parameter value this definition does not (``tests/test_translation.py`` checks the first two
+against each other element by element). With ``Z`` a standard normal draw and ``U`` a
+uniform draw on [-1, 1], both fixed by the block's seed and the element's position in the
+block:
+
+======================  ===================================================================
+``Old(sel, s, noise)``  ``s * old[sel] + sign * std * Z_noise`` (the noise's own seed: two
+                        blocks with one seed and one shape draw equal values, so ±std cancel)
+``Const(c)``            ``c``
+``Random(normal, s)``   ``s * Z``
+``Random(uniform, a)``  ``a * U``
+``Random(like_old, f)`` ``mean + std * f * Z``, the mean and the (unbiased) std of the old
+                        tensor ``like``: with ``f = 0`` that is the mean, not zero
+======================  ===================================================================
+
 Sizes, offsets and scales are SymPy expressions of the step's dims (``h``, ``p``,
 ``dp``, ...); `TensorEdit.concrete()` substitutes the edit's own ``dims`` and returns
 the same structure with plain ints and floats, which is all the executor sees.
@@ -120,7 +138,8 @@ class Random:
     """Seeded random values.
 
     ``dist`` is ``normal`` (std ``param``), ``uniform`` (on [-param, param]) or ``like_old``
-    (normal with the mean of the tensor ``like`` and its std times ``param``).
+    (normal with the mean of the tensor ``like`` and its std times ``param``; the table in
+    the module docstring is the definition).
     """
 
     dist: str

@@ -86,3 +86,48 @@ def test_reads_from_the_wrong_old_rows_are_refuted():
         return replace_blocks(edit, move)
 
     assert verdict_with(spec, "attn.q.weight", shifted) is not Verdict.PROVED
+
+
+def test_a_shifted_rotary_interleave_is_not_proved():
+    """Old rotary pair i placed at new pair 2i + 1 instead of 2i: the pairing (i with i + k/2)
+    still holds, but every old frequency changes (theta^(-2(2i+1)/2k) != theta^(-2i/k)). Only
+    the rotary-frequency side condition tells the two placements apart."""
+    spec = make_spec([{"key": {"to": 16, "placement": "interleave"}}], position="rope")
+
+    def shift(edit):
+        def move(b):
+            where = b.where[0]
+            inner = where.inner
+            start = inner.start + 1 if isinstance(b.source, Old) else inner.start - 1
+            return dataclasses.replace(b, where=(dataclasses.replace(
+                where, inner=dataclasses.replace(inner, start=start)),) + b.where[1:])
+        return replace_blocks(edit, move)
+
+    def both(step_plan):
+        return tuple(shift(e) if e.role in ("attn.q.weight", "attn.k.weight") else e for e in step_plan.edits)
+
+    step_plan = compile_spec(spec).steps[0]
+    shifted = dataclasses.replace(step_plan, edits=both(step_plan))
+    obligations, _ = prove_step(shifted, spec.steps[0], spec.model.norm_eps)
+    assert combine(o.verdict for o in obligations) is not Verdict.PROVED
+    unshifted, _ = prove_step(step_plan, spec.steps[0], spec.model.norm_eps)
+    assert combine(o.verdict for o in unshifted) is Verdict.PROVED
+
+
+def test_zero_tracking_that_took_random_blocks_for_zeros_would_be_caught(monkeypatch):
+    """The golden `layers-rest-normal-then-mlp` guards the zero-tracking: seeded with the bug of
+    counting every random block as zero, it turns PROVED (and the function changes)."""
+    from pathlib import Path
+
+    from specgrow.spec import load_spec
+    from specgrow.verify import prover
+
+    golden = load_spec(Path(__file__).parent / "golden" / "layers-rest-normal-then-mlp.yaml")
+    assert prover.prove_spec(golden).verdict is Verdict.REFUTED
+    monkeypatch.setattr(prover, "is_zero", lambda edit, zeros=frozenset(): all(
+        isinstance(b.source, (Random, Const)) and getattr(b.source, "value", 0) == 0 for b in edit.blocks))
+    prover._CACHE.clear()
+    try:
+        assert prover.prove_spec(golden).verdict is Verdict.PROVED
+    finally:
+        prover._CACHE.clear()

@@ -112,18 +112,23 @@ class StepSource:
                 continue
             target = _as_slice(rows[j0:j1] - start, self.device)
             rest = tuple(indices(sel, self.device) for sel in block.where[1:])
-            value = self._value(edit, block, j0, j1)
+            value = self._value(edit, block, j0, j1, torch.promote_types(dtype, torch.float32))
             _scatter(out, (target,) + rest, value if isinstance(value, float) else value.to(dtype))
         return out
 
-    def _value(self, edit: TensorEdit, block, j0: int, j1: int) -> torch.Tensor | float:
+    def _value(self, edit: TensorEdit, block, j0: int, j1: int, compute: torch.dtype) -> torch.Tensor | float:
+        """Rows ``j0:j1`` of ``block``, by the meaning `specgrow.ir` gives its source.
+
+        Arithmetic on draws and scaled copies is done in ``compute`` (the tensor's dtype, at
+        least float32), so a float64 checkpoint gets float64 arithmetic.
+        """
         src = block.source
         tail = tuple(sel.length() for sel in block.where[1:])
         if isinstance(src, Const):
             return float(src.value)
         if isinstance(src, Random):
             values = self._draw(src.seed, "uniform" if src.dist == "uniform" else "normal",
-                                block, j0, j1, tail)
+                                block, j0, j1, tail).to(compute)
             if src.dist == "uniform":
                 return (values * 2 - 1) * src.param
             if src.dist == "normal":
@@ -141,9 +146,9 @@ class StepSource:
             value = value[(slice(None),) * axis + (ix,)]
         if src.scale == 1 and src.noise is None:
             return value
-        value = value.to(torch.promote_types(value.dtype, torch.float32)) * src.scale  # fp64 stays fp64
+        value = value.to(compute) * src.scale
         if src.noise is not None:
-            noise = self._draw(src.noise.seed, "normal", block, j0, j1, tail)
+            noise = self._draw(src.noise.seed, "normal", block, j0, j1, tail).to(compute)
             value = value + src.noise.sign * src.noise.std * noise
         return value
 

@@ -87,7 +87,12 @@ def _translate(doc: Document, error) -> _Located:
     if kind == "oneOf" and path == ():
         return _steps_or_stages(doc, value)
     if kind == "oneOf":
+        bound = _init_bound(error.schema, value)
+        if bound is not None:
+            return _Located(doc, path + (next(iter(value)),), bound)
         return _Located(doc, path, f"expected {INIT_FORMS}; found {show(value)}")
+    if kind == "maximum":
+        return _Located(doc, path, _over(expected, value, error.schema))
     if _is_step(path, error.schema):
         return _step_error(doc, path, value, kind)
     if kind == "additionalProperties":
@@ -121,6 +126,28 @@ def _is_step(path: KeyPath, subschema: dict) -> bool:
         and isinstance(path[-1], int)
         and set(subschema.get("properties", ())) == set(STEP_KINDS)
     )
+
+
+def _init_bound(schema: dict, value: Any) -> str | None:
+    """For an init such as ``{normal: 1e39}``: the message of the bound it exceeds, if any."""
+    if not (isinstance(value, dict) and len(value) == 1):
+        return None
+    (key, number), = value.items()
+    for branch in schema.get("oneOf", ()):
+        prop = branch.get("properties", {}).get(key) if isinstance(branch, dict) else None
+        if prop and "maximum" in prop and _is_number(number) and number > prop["maximum"]:
+            return _over(prop["maximum"], number, prop)
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _over(bound: Any, value: Any, schema: dict) -> str:
+    """``expected <= B, found V`` and why the bound is there (the schema's ``Bound:`` sentence)."""
+    why = schema.get("description", "").partition("Bound: ")[2]
+    return f"expected <= {bound}, found {show(value)}" + (f" ({why})" if why else "")
 
 
 def _step_error(doc: Document, path: KeyPath, value: Any, kind: str) -> _Located:

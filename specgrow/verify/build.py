@@ -2,10 +2,18 @@
 
 The old tensor is cut, on each axis, at every boundary an `Old` block reads from; each
 piece becomes a `MatrixSymbol`. The new tensor is cut on the same boundaries (its own
-segments refined where a read spans several old pieces), and each cell becomes the old
-piece it reads (times its scale, plus ``sign * eta * N`` for cancelling noise), a
-`ZeroMatrix`, ``c * OneMatrix``, or a fresh `MatrixSymbol` for random values: the proof
-must then hold whatever those values are.
+segments refined where a read spans several old pieces), and each cell becomes what the
+executor (`specgrow.lower.stream`) writes there, read by the one meaning of each block that
+`specgrow.ir` defines: the old piece it reads times its scale, plus ``sign * eta * Z`` for
+cancelling noise; ``c * OneMatrix`` for a constant (`ZeroMatrix` for 0); ``s * Z`` or
+``a * U`` for normal and uniform draws; ``mean + std * f * Z`` for ``like_old``, where the
+old tensor's mean and std are unknown scalars (zero only for a tensor known to be exactly
+zero). Draws are fresh `MatrixSymbol`s, so the proof must hold whatever their values are.
+No parameter value is special: a factor of 0 leaves the mean, a std of 0 the zero matrix.
+
+`Symbolic.cells` and `Symbolic.atoms` say which executor quantity each symbol stands for,
+so the tests can fill the prover's matrices with the executor's own values and compare
+(translation validation, ``tests/test_translation.py``).
 
 Per-head axes (`Grouped` selections) are cut *within one generic head*: every head is
 edited alike, so one head's proof covers all. Strided selections (RoPE's interleaved
@@ -45,7 +53,10 @@ class Seg:
 
     @property
     def size(self):
-        return sp.expand((self.stop - self.start) / self.step)
+        """The number of indices: ``ceil((stop - start) / step)``, written without the ceiling
+        by the remainder at the concrete dims (``Range(1, k, 2)`` holds k/2 indices for even k)."""
+        remainder = self.count * self.stride - (self.hi - self.lo)
+        return sp.expand((self.stop - self.start + remainder) / self.step)
 
     @property
     def count(self) -> int:
@@ -63,12 +74,30 @@ class Placement:
     scale: sp.Expr
 
 
+@dataclass(frozen=True)
+class Atom:
+    """What the executor puts where a symbol stands.
+
+    ``kind``: ``old`` (the old tensor at ``where``: per axis a concrete ``(lo, hi)`` inside one
+    head on per-head axes), ``draw`` and ``noise`` (the draw of ``block`` at the block-relative
+    positions ``where``: per axis ``(offset, count)``), ``mean`` and ``std`` (of the old
+    tensor ``like``).
+    """
+
+    kind: str
+    where: tuple = ()
+    block: object = None
+    like: tuple | None = None
+
+
 @dataclass
 class Symbolic:
     new: sp.MatrixExpr  # the grown tensor, transposed, in segment order
     old: sp.MatrixExpr  # the old tensor, transposed, cut into the same pieces
     placements: tuple[Placement, ...]  # for the per-head axis
     segments: tuple  # the new per-head/axis segments of each axis (structure, for the shared-permutation check)
+    cells: tuple = ()  # (per-axis `Seg`s of the new tensor, the cell's value), in edit axis order
+    atoms: dict | None = None  # symbol -> `Atom`
 
 
 def _env(edit):
@@ -176,19 +205,39 @@ def symbolize(edit, name: str, zeros=frozenset()) -> Symbolic:
                 axis.append(_seg(Range(lo, hi, s.step), env))
         segs.append(tuple(axis))
     _check_tiling(edit, segs, per_head, env, name)
-    pieces = _pieces(name, cuts, env, edit.source in zeros)
+    atoms: dict = {}
+    pieces = _pieces(name, cuts, env, edit.source in zeros, atoms)
     cells, placements = [], []
     for index in _grid(segs):
         cell = [segs[a][i] for a, i in enumerate(index)]
         block = _block_at(edit, cell, env)
-        cells.append(_cell(edit, block, cell, cuts, pieces, env, name, len(cells), placements, zeros))
+        cells.append(_cell(edit, block, cell, cuts, pieces, env, name, len(cells), placements, zeros, atoms))
     shape = [len(s) for s in segs]
     new = _assemble(cells, shape)
     old = _assemble([pieces[i] for i in _grid([range(len(c) - 1) for c in cuts])],
                     [len(c) - 1 for c in cuts])
     if ndim == 2:
         new, old = new.T, old.T
-    return Symbolic(new, old, tuple(dict.fromkeys(placements)), tuple(segs))
+    located = tuple((tuple(segs[a][i] for a, i in enumerate(index)), value)
+                    for index, value in zip(_grid(segs), cells))
+    return Symbolic(new, old, tuple(dict.fromkeys(placements)), tuple(segs), located, atoms)
+
+
+def is_zero(edit, zeros=frozenset()) -> bool:
+    """True when the prover reads every element of ``edit``'s new tensor as exactly zero.
+
+    The zero-tracking between steps asks this, so it reads blocks exactly as the proofs do.
+    A tensor that reads a nonzero old tensor is not zero (cheaply decided without building it).
+    """
+    if any(isinstance(b.source, Old) for b in edit.blocks) and edit.source not in zeros:
+        return False
+    if any(isinstance(b.source, Const) and b.source.value != 0 for b in edit.blocks):
+        return False
+    try:
+        cells = symbolize(edit, "zero-check", zeros).cells
+    except Stuck:
+        return False
+    return all(isinstance(value, ZeroMatrix) for _, value in cells)
 
 
 def _old_axis_size(edit, axis, per_head):
@@ -206,13 +255,18 @@ def _grid(axes):
     return itertools.product(*[range(len(a)) for a in axes])
 
 
-def _pieces(name, cuts, env, zero=False):
+def _pieces(name, cuts, env, zero, atoms):
     pieces = {}
     for index in _grid([range(len(c) - 1) for c in cuts]):
         sizes = [sp.expand(cuts[a][i + 1] - cuts[a][i]) for a, i in enumerate(index)]
         label = ",".join(f"{cuts[a][i]}:{cuts[a][i + 1]}" for a, i in enumerate(index))
         dims = sizes if len(sizes) == 2 else [1, sizes[0]]
-        pieces[index] = ZeroMatrix(*dims) if zero else MatrixSymbol(f"{name}[{label}]", *dims)
+        if zero:
+            pieces[index] = ZeroMatrix(*dims)
+            continue
+        piece = pieces[index] = MatrixSymbol(f"{name}[{label}]", *dims)
+        atoms[piece] = Atom("old", tuple((int(cuts[a][i].xreplace(env)), int(cuts[a][i + 1].xreplace(env)))
+                                         for a, i in enumerate(index)))
     return pieces
 
 
@@ -242,16 +296,16 @@ def _check_tiling(edit, segs, per_head, env, name):
             raise Stuck(f"{name}: the blocks do not tile axis {a} exactly once")
 
 
-def _cell(edit, block, cell, cuts, pieces, env, name, serial, placements, zeros):
+def _cell(edit, block, cell, cuts, pieces, env, name, serial, placements, zeros, atoms):
     dims = [c.size for c in cell]
     shape = dims if len(dims) == 2 else [1, dims[0]]
     src = block.source
     if isinstance(src, Const):
-        return ZeroMatrix(*shape) if src.value == 0 else mul(exact(src.value), OneMatrix(*shape))
+        return _scaled(exact(src.value), OneMatrix(*shape))
     if isinstance(src, Random):
-        if src.param == 0 or (src.dist == "like_old" and src.like in zeros):
-            return ZeroMatrix(*shape)  # no spread around a zero mean
-        return MatrixSymbol(f"R{serial}:{name}", *shape)
+        draw = MatrixSymbol(f"R{serial}:{name}", *shape)
+        atoms[draw] = Atom("draw", _relative(block, cell, env), block)
+        return _random(src, draw, zeros, atoms)
     if not isinstance(src, Old):
         raise Stuck(f"{name}: unknown block source")
     index = []
@@ -268,11 +322,45 @@ def _cell(edit, block, cell, cuts, pieces, env, name, serial, placements, zeros)
         if isinstance(block.where[a], Grouped):
             placements.append(Placement(cuts[a][index[-1]], cuts[a][index[-1] + 1],
                                         c.start, c.step, sp.sympify(src.scale)))
-    value = mul(sp.sympify(src.scale), pieces[tuple(index)])
+    value = _scaled(sp.sympify(src.scale), pieces[tuple(index)])
     if src.noise is not None:
-        noise = MatrixSymbol(f"N{src.noise.seed % 10007}:{name}", *shape)
-        value = add(value, mul(src.noise.sign * exact(src.noise.std), noise))
+        # the executor draws a block's noise from its seed by block-relative position: two
+        # blocks of one seed hold equal values exactly where seed, position and block shape agree
+        where = _relative(block, cell, env)
+        lengths = [_seg(_inner(s), env).count * (s.groups if isinstance(s, Grouped) else 1)
+                   for s in block.where]
+        label = ",".join(f"{o}+{n}/{total}" for (o, n), total in zip(where, lengths))
+        noise = MatrixSymbol(f"N{src.noise.seed}[{label}]:{name}", *shape)
+        atoms[noise] = Atom("noise", where, block)
+        value = add(value, _scaled(src.noise.sign * exact(src.noise.std), noise))
     return value
+
+
+def _scaled(factor, matrix):
+    """``factor * matrix``, the `ZeroMatrix` when the factor is 0."""
+    return ZeroMatrix(*matrix.shape) if factor == 0 else mul(factor, matrix)
+
+
+def _random(src, draw, zeros, atoms):
+    """The meaning of a `Random` block over its standard draw (see `specgrow.ir.Random`)."""
+    if src.dist != "like_old":
+        return _scaled(exact(src.param), draw)
+    if src.like in zeros:  # an all-zero tensor: mean 0, std 0
+        return ZeroMatrix(*draw.shape)
+    role, layer = src.like
+    mean = sp.Symbol(f"mean[{role}@{layer}]", real=True)
+    std = sp.Symbol(f"std[{role}@{layer}]", nonnegative=True)
+    atoms[mean], atoms[std] = Atom("mean", like=src.like), Atom("std", like=src.like)
+    return add(mul(mean, OneMatrix(*draw.shape)), _scaled(exact(src.param) * std, draw))
+
+
+def _relative(block, cell, env):
+    """Per axis, ``(offset, count)`` of the cell inside its block (within one head on per-head axes)."""
+    out = []
+    for a, c in enumerate(cell):
+        where = _seg(_inner(block.where[a]), env)
+        out.append(((c.lo - where.lo) // where.stride, c.count))
+    return tuple(out)
 
 
 def _assemble(cells, shape):

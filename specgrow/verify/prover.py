@@ -22,11 +22,11 @@ import sympy as sp
 from sympy import BlockMatrix, MatAdd, MatMul, MatrixSymbol, ZeroMatrix
 
 from specgrow.collector import paused
-from specgrow.ir import Const, Old, Random
+from specgrow.ir import Old, Random
 from specgrow.transforms import compile_spec
 from specgrow.verify import sublayers as S
 from specgrow.verify.algebra import Trace, collapse, sub
-from specgrow.verify.build import Stuck
+from specgrow.verify.build import Stuck, is_zero
 from specgrow.verify.ops import LEMMAS, LayerNorm, RMSNorm
 from specgrow.verify.result import (
     Certificate, Obligation, SideCondition, StageProof, StepProof, Verdict, combine,
@@ -107,27 +107,14 @@ def _versions() -> dict:
 def zeros_after(step_plan, zeros: frozenset) -> frozenset:
     """The tensors that are exactly zero after a step, whatever the input checkpoint held.
 
-    A tensor is zero when every block of its edit is: a zero constant, a read of a zero tensor
-    (without noise), or random values of zero spread around a zero mean (``like_old`` of a zero
-    tensor, ``normal``/``uniform`` of scale 0). Tensors a step does not touch keep their status.
+    A tensor is zero when the proofs' own reading of its edit (`build.is_zero`) is the zero
+    matrix in every cell: one meaning of each block for both. Tensors a step does not touch
+    keep their status.
     """
     written = {(e.role, e.layer) for e in step_plan.edits}
     consumed = {e.source for e in step_plan.edits if e.source is not None}
     kept = {key for key in zeros if key not in written and key not in consumed}
-    return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if _all_zero(e, zeros)})
-
-
-def _all_zero(edit, zeros) -> bool:
-    for block in edit.blocks:
-        src = block.source
-        if isinstance(src, Const) and src.value == 0:
-            continue
-        if isinstance(src, Old) and edit.source in zeros and (src.noise is None or src.noise.std == 0):
-            continue
-        if isinstance(src, Random) and (src.param == 0 or src.dist == "like_old" and src.like in zeros):
-            continue
-        return False
-    return True
+    return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if is_zero(e, zeros)})
 
 
 def prove_step(step_plan, step, eps_value, zeros=frozenset()):
@@ -357,8 +344,11 @@ def _hint(residual, conditions) -> str | None:
     failed = [c for c in conditions if not c.holds]
     if failed:
         return "; ".join(f"{c.text} is {c.value}, must be 0" for c in failed)
-    randoms = sorted({s.name.split(":", 1)[1] for s in residual.free_symbols
-                      if isinstance(s, MatrixSymbol) and s.name.startswith("R")})
+    randoms = {s.name.split(":", 1)[1] for s in residual.free_symbols
+               if isinstance(s, MatrixSymbol) and s.name.startswith("R")}
+    means = {s.name[len("mean["):].split("@")[0] for s in residual.free_symbols
+             if isinstance(s, sp.Symbol) and s.name.startswith("mean[")}
+    randoms = sorted(randoms | means)
     norms = [a for a in residual.atoms(RMSNorm, LayerNorm)]
     if any(isinstance(a, LayerNorm) and isinstance(a.args[0], BlockMatrix)
            and any(isinstance(b, ZeroMatrix) for b in a.args[0].blocks) for a in norms):
@@ -374,7 +364,10 @@ def _hint(residual, conditions) -> str | None:
     if coefficient is not None:
         return coefficient
     if randoms:
-        return "new slices of these tensors reach the output (zeroing one removes the term): " + ", ".join(randoms)
+        text = "new slices of these tensors reach the output (zeroing one removes the term): " + ", ".join(randoms)
+        if means:  # like_old(f) is mean + std * f * noise: even like_old 0 is the mean, not zero
+            text += "; a like_old slice holds the old tensor's mean (like_old: 0 is the mean, not zero)"
+        return text
     return None
 
 
