@@ -2,6 +2,8 @@
 
 The package imports nothing heavy: `load_spec` needs neither torch nor sympy, and the
 training API (`grow_module`, `GrowthSchedule`, `grow_adam_state`) imports torch on first use.
+Without the ``torch`` extra that first use raises an ImportError whose message is one line:
+``specgrow.grow needs PyTorch (No module named 'torch'): pip install "specgrow[torch]"``.
 """
 
 __version__ = "0.1.0"
@@ -20,5 +22,5 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)  # specgrow.grow: the hint if torch is missing
     raise AttributeError(f"module 'specgrow' has no attribute {name!r}")

@@ -2,8 +2,10 @@
 
 Exit codes: 0 success, 1 invalid spec / not PROVED / failed check / bad checkpoint, 2 usage
 or IO. Every error is one line ``FILE:LINE:COL: error: MESSAGE`` on stderr (``check`` reports
-on stdout, in the chosen format). ``validate`` and ``plan`` never import torch, nor does
-``check`` of a PROVED spec; ``apply`` imports it only once the spec is valid. SymPy (the
+on stdout, in the chosen format). ``validate``, ``check``, ``prove`` and ``plan`` never import
+torch, safetensors or `specgrow.lower`: they work from ``pip install specgrow``. ``apply``
+needs the ``torch`` extra (`specgrow.extras`), says so in one line (exit 2) when it is missing,
+before anything is read or written, and imports torch only once the spec is valid. SymPy (the
 IR's shapes are SymPy expressions) is imported by the commands that compile a spec, never by
 ``validate``.
 """
@@ -159,15 +161,29 @@ def _plan(args) -> int:
     return 0
 
 
+def _require_torch(reason: str | None) -> None:
+    """The one-line error (exit 2) of `apply` without the ``torch`` extra, if ``reason`` says it is missing."""
+    if reason is not None:
+        from specgrow.extras import needs_torch
+
+        raise InputError(needs_torch("apply", reason), path="specgrow")
+
+
 def _apply(args) -> int:
+    from specgrow.extras import not_found, unimportable
     from specgrow.spec import load_spec
 
+    _require_torch(not_found())  # before anything is read or written
     if args.input is not None:  # the manifest's hashes of the input, while torch and SymPy load
         from specgrow.lower.hashes import prefetch
 
         prefetch(args.input)
     spec = load_spec(args.spec)
-    _import_frozen("specgrow.lower.apply")  # torch
+    try:
+        _import_frozen("specgrow.lower.apply")  # torch
+    except ImportError:
+        _require_torch(unimportable())  # installed, but it does not import
+        raise
     _import_frozen("specgrow.verify.prover")  # SymPy, for the plan and the proof
     from specgrow.lower.dcp import is_dcp
     from specgrow.transforms import compile_spec

@@ -52,7 +52,12 @@ import os
 import warnings
 from dataclasses import dataclass
 
-import torch
+try:
+    import torch
+except ImportError as _err:  # without the torch extra: one line saying how to get it
+    from specgrow.extras import needs_torch
+
+    raise ImportError(needs_torch("specgrow.grow", str(_err))) from None
 
 from specgrow.arch import FAMILIES, REFERENCE, Family, stored_shape
 from specgrow.errors import CheckpointError, InputError, NumericCheckError, SpecError
