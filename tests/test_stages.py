@@ -81,11 +81,16 @@ def test_zeros_left_by_one_stage_are_not_assumed_by_the_next():
     assert prove_spec(load_spec_text(plan_text([(0, steps)]))).verdict is Verdict.PROVED  # one stage: same
     cert = prove_spec(load_spec_text(plan_text([(0, steps[:1]), (10, steps[1:])])))
     assert cert.verdict is Verdict.REFUTED and [s.verdict for s in cert.stages] == [Verdict.PROVED, Verdict.REFUTED]
-    # grown through both stages without training nothing changes, so the witness is stages[1] alone
-    assert cert.counterexample is not None and cert.counterexample.stage == 1
-    assert len(cert.counterexample.dims["layers"]) == 4  # the shape stages[1] starts from
-    assert "(random weights in the shape stages[1] starts from, grown by that stage alone)" in render_markdown(cert)
-    assert cert.as_dict()["counterexample"]["stage"] == 1
+    # grown through both stages without training nothing changes: the refuted step and its stage
+    # each carry a witness of their own, grown alone from random weights of the shape they start from
+    step, stage = cert.steps[1].counterexample, cert.stages[1].counterexample
+    assert step is not None and step.step == 1 and len(step.dims["layers"]) == 4
+    assert stage is not None and stage.stage == 1 and len(stage.dims["layers"]) == 4
+    assert cert.counterexample == step
+    markdown = render_markdown(cert)
+    assert "(random weights in the shape stages[1].steps[0] starts from, grown by that step alone)" in markdown
+    assert "(random weights in the shape stages[1] starts from, grown by that stage alone)" in markdown
+    assert cert.as_dict()["stages"][1]["counterexample"]["stage"] == 1
 
 
 # ---------------------------------------------------------------- check / prove / plan / validate
@@ -143,7 +148,7 @@ def test_prove_markdown_groups_steps_by_stage(tmp_path, capsys):
         assert needed in text, needed
     headings = [line for line in text.splitlines() if line.startswith("## ")]
     assert headings == ["## Representation after each step", "## stages[0] (at step 1000): PROVED",
-                        "## stages[1] (at step 5000): REFUTED", "## Counterexample"]
+                        "## stages[1] (at step 5000): REFUTED", "## Counterexample: stages[1].steps[1]", "## Counterexample: stages[1]"]
 
 
 def test_plan_and_validate_group_by_stage(capsys):

@@ -133,18 +133,27 @@ def sub(a, b) -> MatrixExpr:
 
 
 class Trace:
-    """Counts of rewrite rules and lemmas applied during one proof."""
+    """Counts of rewrite rules and lemmas applied during one proof.
 
-    def __init__(self):
+    ``on_rewrite``, when given, is called as ``on_rewrite(name, before, after)`` for each
+    rewrite `collapse` makes, ``name`` being the rule or lemma that made it (the last one
+    recorded); `specgrow.verify.evaluate.first_bad_rule` checks each one numerically.
+    """
+
+    def __init__(self, on_rewrite=None):
         self.rules: Counter = Counter()
         self.lemmas: list[str] = []
+        self.on_rewrite = on_rewrite
+        self.last: str | None = None
 
     def rule(self, name: str) -> None:
         self.rules[name] += 1
+        self.last = name
 
     def lemma(self, name: str) -> None:
         if name not in self.lemmas:
             self.lemmas.append(name)
+        self.last = name
 
 
 def _grid(block: BlockMatrix, fn) -> BlockMatrix:
@@ -312,7 +321,10 @@ def collapse(expr, trace: Trace, extra=None):
             if isinstance(e, kind):
                 out = rule(e, trace)
                 if out is not e and out != e:
-                    return _shallow(out)
+                    out = _shallow(out)
+                    if trace.on_rewrite is not None:
+                        trace.on_rewrite(trace.last, e, out)
+                    return out
                 return e
         return e
 
@@ -344,5 +356,7 @@ def collapse(expr, trace: Trace, extra=None):
             expanded = result.expand().doit()
             if expanded != result:
                 trace.rule("distribute")
+                if trace.on_rewrite is not None:
+                    trace.on_rewrite("distribute", result, expanded)
                 result = expanded
     return result

@@ -48,12 +48,13 @@ def prove_spec(spec) -> Certificate:
 def _prove_spec(spec) -> Certificate:
     started = time.perf_counter()
     plan = compile_spec(spec)
-    steps, invariants = [], []
+    steps, invariants, zeros_before = [], [], []
     zeros: frozenset = frozenset()  # tensors earlier steps left exactly zero
     starts = {stage.start for stage in spec.stages}
     for step_plan, step in zip(plan.steps, spec.steps):
         if step_plan.index in starts:
             zeros = frozenset()  # training between stages: nothing a stage left zero stays zero
+        zeros_before.append(zeros)
         obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps, zeros)
         zeros = zeros_after(step_plan, zeros)
         mark = spec.step_marks[step_plan.index]
@@ -65,32 +66,52 @@ def _prove_spec(spec) -> Certificate:
         steps.append(StepProof(step_plan.index, step.kind, describe_step(step), mark.line, mark.column,
                                combine(o.verdict for o in obligations), tuple(obligations), **staged))
         invariants.append(invariant)
+    steps = [_witnessed(spec, plan, s, zeros_before[s.index]) for s in steps]
+    stages = stage_proofs(spec, steps, plan)
     verdict = combine(s.verdict for s in steps)
-    counterexample = None
-    if verdict is Verdict.REFUTED:
-        from specgrow.verify.counterexample import find_counterexample
-
-        counterexample = find_counterexample(spec, plan)
-        if counterexample is None:
-            steps = [_unconfirmed(s) for s in steps]
-            verdict = combine(s.verdict for s in steps)
-    return Certificate(spec.path, spec.sha256, verdict, tuple(steps), tuple(invariants), counterexample,
-                       _versions(), time.perf_counter() - started, stage_proofs(spec, steps))
+    witnesses = [s.counterexample for s in (*steps, *stages) if s.counterexample is not None]
+    return Certificate(spec.path, spec.sha256, verdict, tuple(steps), tuple(invariants),
+                       witnesses[0] if witnesses else None, _versions(), time.perf_counter() - started, stages)
 
 
-def stage_proofs(spec, steps) -> tuple[StageProof, ...]:
-    """Each stage of a growth plan with the combined verdict of its steps (none for plain specs)."""
-    return tuple(
-        StageProof(number, stage.at_step, stage.start, stage.stop, stage.mark.line, stage.mark.column,
-                   combine(s.verdict for s in steps[stage.start:stage.stop]))
-        for number, stage in enumerate(spec.stages)
-    )
+def _witnessed(spec, plan, step: StepProof, zeros) -> StepProof:
+    """A step with a nonzero residual keeps REFUTED only with a float64 witness of its own:
+    the step alone, from a random model of the shape it starts from (with the tensors that
+    earlier steps of its stage left exactly zero set to zero). Otherwise it is UNKNOWN."""
+    if step.verdict is not Verdict.REFUTED:
+        return step
+    from specgrow.verify.counterexample import step_witness
+
+    witness = step_witness(spec, plan, step.index, zeros)
+    if witness is None:
+        return _unconfirmed(step)
+    return dataclasses.replace(step, counterexample=witness)
+
+
+def stage_proofs(spec, steps, plan=None) -> tuple[StageProof, ...]:
+    """Each stage of a growth plan with the combined verdict of its steps (none for plain specs).
+
+    A stage is REFUTED only with a witness of its own (its steps alone, from a random model of
+    the shape it starts from); a stage with a refuted step but no such witness is UNKNOWN.
+    """
+    out = []
+    for number, stage in enumerate(spec.stages):
+        verdict, witness = combine(s.verdict for s in steps[stage.start:stage.stop]), None
+        if verdict is Verdict.REFUTED:
+            from specgrow.verify.counterexample import stage_witness
+
+            witness = stage_witness(spec, plan, number)
+            verdict = Verdict.REFUTED if witness is not None else Verdict.UNKNOWN
+        out.append(StageProof(number, stage.at_step, stage.start, stage.stop, stage.mark.line,
+                              stage.mark.column, verdict, witness))
+    return tuple(out)
 
 
 def _unconfirmed(step: StepProof) -> StepProof:
     obligations = tuple(
         dataclasses.replace(o, verdict=Verdict.UNKNOWN,
-                            stuck=f"nonzero residual not confirmed by a numeric counterexample: {o.residual}")
+                            stuck="nonzero residual not confirmed by a float64 witness of this step alone: "
+                                  f"{o.residual}")
         if o.verdict is Verdict.REFUTED else o
         for o in step.obligations
     )
@@ -314,16 +335,39 @@ def _obligation(step, sublayer, layers, statement, build, key, side=None):
                             seconds=time.perf_counter() - started)
     else:
         conditions = tuple(SideCondition(text, str(value), value == 0) for text, value in side)
+        stuck = checked = None
         if _is_zero(residual) and all(c.holds for c in conditions):
             verdict, shown, hint = Verdict.PROVED, None, None
+            checked, stuck = _second_check(new, target)
+            if stuck is not None:
+                verdict = Verdict.UNKNOWN
         else:
             hint = _hint(residual, conditions) or _factor_hint(new, target)
             verdict, shown = Verdict.REFUTED, _show(residual)
         result = Obligation(step, sublayer, layers, verdict, statement, tuple(sorted(trace.rules.items())),
-                            tuple(trace.lemmas), conditions, shown, hint, None, time.perf_counter() - started)
+                            tuple(trace.lemmas), conditions, shown, hint, stuck, time.perf_counter() - started,
+                            checked)
     if key is not None:
         _CACHE[(step, key)] = result
     return result
+
+
+def _second_check(new, target) -> tuple[str, str | None]:
+    """An independent check of a rewrite to zero: both sides evaluated in float64 at random
+    small dims and random values (`specgrow.verify.evaluate`, no code shared with the rules).
+
+    Returns what ran, and, when the sides differ, why the obligation is UNKNOWN, naming the
+    first rule application whose output differs from its input.
+    """
+    from specgrow.verify.evaluate import agree, first_bad_rule
+
+    found = agree(new, target)
+    ran = f"both sides in float64 at random dims and values, {found.trials} trials, agree within 1e-9 relative"
+    if found.agrees:
+        return ran, None
+    rule = first_bad_rule(sub(new, target))
+    culprit = f"the rule {rule!r} changes the value" if rule else "no single rule was found at fault"
+    return None, f"rewritten to zero, but the independent numeric check disagrees ({found.reason}); {culprit}"
 
 
 def _is_zero(m) -> bool:

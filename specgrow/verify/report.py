@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from specgrow import __version__
 from specgrow.errors import SpecgrowError
-from specgrow.verify.result import Certificate, Obligation, StageProof, StepProof, Verdict
+from specgrow.verify.result import Certificate, Counterexample, Obligation, StageProof, StepProof, Verdict
 
 Outcome = Union[Certificate, SpecgrowError]
 
@@ -65,6 +65,7 @@ class Failure(NamedTuple):
     verdict: Verdict
     message: str  # "steps[i] (kind) VERDICT: sublayer: what is wrong"; in a growth plan
     # "stages[j].steps[i] (kind, at step N) VERDICT: ..."
+    witness: Counterexample | None = None  # REFUTED: the step's own witness
 
 
 def failures(cert: Certificate) -> list[Failure]:
@@ -87,24 +88,33 @@ def failures(cert: Certificate) -> list[Failure]:
         bad = [ob for ob in step.obligations if ob.verdict is not Verdict.PROVED]
         for ob in bad:
             found.append(Failure(step.line, step.column, ob.verdict,
-                                 f"{where} {ob.verdict.value}: {ob.sublayer}: {_obligation_problem(ob)}"))
+                                 f"{where} {ob.verdict.value}: {ob.sublayer}: {_obligation_problem(ob)}",
+                                 step.counterexample))
         if step.verdict is not Verdict.PROVED and not bad:
             found.append(Failure(step.line, step.column, step.verdict,
-                                 f"{where} {step.verdict.value}: {_one_line(step.description)}"))
+                                 f"{where} {step.verdict.value}: {_one_line(step.description)}", step.counterexample))
     if cert.verdict is not Verdict.PROVED and not found:
         found.append(Failure(1, 1, cert.verdict, f"{cert.verdict.value}: the composition of the steps is not proved"))
     return found
 
 
-def counterexample_summary(cert: Certificate) -> str | None:
-    """Dims, seed and max |Δ| of a REFUTED certificate's witness, on one line."""
-    cx = cert.counterexample
+def witnesses(cert: Certificate) -> list[Counterexample]:
+    """Every witness of a certificate: each refuted step's, then each refuted stage's."""
+    return [s.counterexample for s in (*cert.steps, *cert.stages) if s.counterexample is not None] or \
+        ([cert.counterexample] if cert.counterexample is not None else [])
+
+
+def counterexample_summary(cert: Certificate, cx: Counterexample | None = None) -> str | None:
+    """Dims, seed and max |Δ| of a witness (default: the certificate's first), on one line."""
+    cx = cx if cx is not None else cert.counterexample
     if cx is None:
         return None
     dims = ", ".join(f"{k}={v}" for k, v in cx.dims.items())
-    alone = "" if cx.stage is None else f"stages[{cx.stage}] grown alone from random weights; "
+    label = _grown_alone(cert, cx)
+    alone = f"{label} grown alone from random weights; " if label else ""
     gain = "" if cx.norm_gain == 1 else f"; norm gains x{cx.norm_gain:g}"
-    return (f"counterexample: {alone}dims {dims}; seed {cx.seed}{gain}; max |Δ| {cx.max_abs_diff:.3g} "
+    bias = "" if cx.bias_scale == 1 else f"; biases x{cx.bias_scale:g}"
+    return (f"counterexample: {alone}dims {dims}; seed {cx.seed}{gain}{bias}; max |Δ| {cx.max_abs_diff:.3g} "
             f"(tolerance {cx.tolerance})")
 
 
@@ -127,9 +137,7 @@ def spec_lines(outcome: Outcome) -> list[str]:
              f"{_plural(obligation_count(cert), 'obligation')}, {cert.seconds:.2f} s)"]
     lines += [f"{cert.spec_path}: {stage_summary(cert, stage)}" for stage in cert.stages]
     lines += [f"{cert.spec_path}:{f.line}:{f.column}: error: {f.message}" for f in failures(cert)]
-    summary = counterexample_summary(cert)
-    if summary:
-        lines.append(f"{cert.spec_path}: note: {summary}")
+    lines += [f"{cert.spec_path}: note: {counterexample_summary(cert, cx)}" for cx in witnesses(cert)]
     return lines
 
 
@@ -180,10 +188,10 @@ def _sarif_results(outcome: Outcome) -> list[dict]:
         return [_sarif_result("specgrow/invalid", _one_line(outcome.message), outcome.path,
                               outcome.line, outcome.column)]
     cert = outcome
-    summary = counterexample_summary(cert)
     results = []
     for f in failures(cert):
         refuted = f.verdict is Verdict.REFUTED
+        summary = counterexample_summary(cert, f.witness)
         message = f"{f.message}; {summary}" if refuted and summary else f.message
         results.append(_sarif_result("specgrow/refuted" if refuted else "specgrow/unknown",
                                      message, cert.spec_path, f.line, f.column))
@@ -251,6 +259,8 @@ def _obligation_markdown(ob: Obligation, level: str = "###") -> list[str]:
         bullets.append(f"- Hint: {_one_line(ob.hint)}")
     if ob.stuck:
         bullets.append(f"- Stuck at: {_code(ob.stuck)}")
+    if ob.checked:
+        bullets.append(f"- Checked independently: {_one_line(ob.checked)}")
     lines = [f"{level} {ob.sublayer}{_layers(ob.layers)}: {ob.verdict.value}", "", f"Statement: {_code(ob.statement)}"]
     return lines + ([""] + bullets if bullets else []) + [""]
 
@@ -298,6 +308,7 @@ def render_markdown(cert: Certificate) -> str:
         f"| steps | {len(cert.steps)} |",
         *([f"| stages | {len(cert.stages)} |"] if cert.stages else []),
         f"| obligations | {obligation_count(cert)} |", "",
+        f"Floating point: {cert.floating_point}", "",
     ]
     if cert.invariants:
         lines += ["## Representation after each step", "", "| after | invariant |", "|---|---|"]
@@ -316,19 +327,36 @@ def render_markdown(cert: Certificate) -> str:
     else:
         for step in cert.steps:
             lines += _step_markdown(step, "##")
-    cx = cert.counterexample
-    if cx is not None:
-        alone = "" if cx.stage is None else \
-            f" (random weights in the shape stages[{cx.stage}] starts from, grown by that stage alone)"
-        lines += ["## Counterexample", "",
-                  f"The reference model{alone} at " + ", ".join(f"{k}={v}" for k, v in cx.dims.items())
-                  + f", seed {cx.seed}" + ("" if cx.norm_gain == 1 else f", every norm gain times {cx.norm_gain:g}")
-                  + f", tokens {_code(_number(cx.tokens))}:", "",
-                  f"- original logits: {_code(_number(cx.reference))}",
-                  f"- grown logits: {_code(_number(cx.grown))}",
-                  f"- max |Δ| = {cx.max_abs_diff:.3g} (tolerance {_one_line(cx.tolerance)})", ""]
+    for cx in witnesses(cert):
+        lines += _witness_markdown(cert, cx)
     lines += ["---", "", _versions_line(cert)]
     return "\n".join(lines) + "\n"
+
+
+def _grown_alone(cert: Certificate, cx: Counterexample) -> str:
+    """The step or stage a witness grew alone (empty for the whole spec)."""
+    if cx.step is not None:
+        return cert.steps[cx.step].label if cx.step < len(cert.steps) else f"steps[{cx.step}]"
+    return "" if cx.stage is None else f"stages[{cx.stage}]"
+
+
+def _witness_markdown(cert: Certificate, cx: Counterexample) -> list[str]:
+    """One witness: where it grew from, the scales of its random model, both logits, the difference."""
+    label = _grown_alone(cert, cx)
+    kind = "step" if cx.step is not None else "stage"
+    alone = f" (random weights in the shape {label} starts from, grown by that {kind} alone)" if label else ""
+    scales = ("" if cx.norm_gain == 1 else f", every norm gain times {cx.norm_gain:g}") \
+        + ("" if cx.bias_scale == 1 else f", every bias times {cx.bias_scale:g}") \
+        + ("" if not cx.zeroed else ", with " + ", ".join(map(_code, cx.zeroed)) + " zero (as earlier steps left them)")
+    logits = {name: "[" + ", ".join(f"{v:.12g}" for v in values) + "]"  # digits enough for a 1e-9 change
+              for name, values in (("original", cx.reference), ("grown", cx.grown))}
+    return [f"## Counterexample: {label}" if label else "## Counterexample", "",
+            f"The reference model{alone} at " + ", ".join(f"{k}={v}" for k, v in cx.dims.items())
+            + f", seed {cx.seed}{scales}, run in {cx.dtype} on the tokens {_code(_number(cx.tokens))}; "
+            + "the first logits at the last token:", "",
+            f"- original logits: {_code(logits['original'])}",
+            f"- grown logits: {_code(logits['grown'])}",
+            f"- max |Δ| = {cx.max_abs_diff:.3g} (tolerance {_one_line(cx.tolerance)})", ""]
 
 
 def without_versions(markdown: str) -> str:

@@ -51,6 +51,7 @@ class Obligation:
     hint: str | None = None  # REFUTED: what `solve` says would have been needed
     stuck: str | None = None  # UNKNOWN: the term rewriting could not reduce
     seconds: float = 0.0
+    checked: str | None = None  # rewritten to zero: the independent numeric check that confirmed it
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class StepProof:
     stage: int | None = None  # index in `Certificate.stages` of the stage that owns this step
     at_step: int | None = None  # that stage's training step
     path: str | None = None  # where the step is written, e.g. "stages[1].steps[0]"
+    counterexample: Counterexample | None = None  # REFUTED: this step's own witness, grown alone
 
     @property
     def label(self) -> str:
@@ -84,6 +86,7 @@ class StageProof:
     line: int
     column: int
     verdict: Verdict
+    counterexample: Counterexample | None = None  # REFUTED: this stage's own witness, grown alone
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,23 @@ class Counterexample:
     reference: list  # a few logits of the original model
     grown: list  # the same logits of the grown model
     max_abs_diff: float
-    tolerance: str
+    tolerance: str  # what counted as a difference, e.g. "float64, 1e-09 * max(1, max|logit|) = 3.1e-09"
     stage: int | None = None  # a growth plan's stage grown alone from these dims (None: the whole spec)
     norm_gain: float = 1.0  # every norm gain of the random model multiplied by this
+    relative_bound: float = 1e-9  # a difference counts above this times max(1, max|logit|)
+    bias_scale: float = 1.0  # every bias of the random model multiplied by this
+    dtype: str = "float64"  # the precision both models were run in
+    step: int | None = None  # the step grown alone from these dims (None: the whole spec, or a stage)
+    zeroed: tuple[str, ...] = ()  # tensors set to zero first: earlier steps of the stage left them zero
+
+
+FLOAT_PROMISE = (
+    "PROVED is about the bytes apply writes, not only real numbers: validation bounds every init "
+    "magnitude by 10 and duplicate noise by 0.1, so new slices that meet exact zeros give exact zeros "
+    "in float32 and bfloat16, and cancelling noise rounds to well within apply's numeric tolerance "
+    "(measured: under 0.2 of the bfloat16 and 0.02 of the float32 tolerance on weights of std "
+    "1/sqrt(fan_in)); apply's numeric check then confirms it on the checkpoint itself."
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,7 @@ class Certificate:
     versions: dict = field(default_factory=dict)
     seconds: float = 0.0
     stages: tuple[StageProof, ...] = ()  # a growth plan's stages; empty for a spec with `steps`
+    floating_point: str = FLOAT_PROMISE  # what PROVED promises about floating point, and why
 
     def as_dict(self) -> dict:
         """Plain JSON data; the stage fields appear only for a spec with stages."""
