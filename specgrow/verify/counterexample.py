@@ -3,8 +3,7 @@
 `step_witness` grows one step alone, from a random model of the shape it starts from, with
 the tensors earlier steps left exactly zero set to zero; `stage_witness` grows one stage of
 a growth plan alone, with nothing zeroed (the model trains between stages, so an earlier
-stage's zeros are gone). `find_counterexample` grows the whole plan, then each stage alone.
-Each search is `specgrow.verify.witness.find_witness` (several seeds, norm gains and bias
+stage's zeros are gone). Each search is `specgrow.verify.witness.find_witness` (several seeds, norm gains and bias
 scales).
 
 The witness is shrunk where that cannot change the steps: the steps are recompiled at the
@@ -22,19 +21,6 @@ from specgrow.verify.result import Counterexample
 from specgrow.verify.witness import find_witness
 
 SMALL = 4  # vocabulary size and context length tried first
-
-
-def find_counterexample(spec, plan) -> Counterexample | None:
-    """A witness that the spec's plan changes the function: the whole plan, then each stage alone."""
-    for steps in _candidates(spec, plan, 0, len(plan.steps)):
-        found = find_witness(steps, steps[0].before, spec.seed)
-        if found is not None:
-            return found
-    for number in range(len(spec.stages)):
-        found = stage_witness(spec, plan, number)
-        if found is not None:
-            return found
-    return None
 
 
 def step_witness(spec, plan, index: int, zeros=frozenset()) -> Counterexample | None:
