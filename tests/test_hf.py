@@ -1,7 +1,19 @@
 """Real HuggingFace checkpoints: tiny random models built by `transformers` from configs (no hub),
 grown by `specgrow apply`, reloaded with `AutoModelForCausalLM.from_pretrained`.
 
-Tolerance: fp32 logits, atol = rtol = 1e-4 (as `specgrow apply`'s own numeric check).
+Weight scale: the models are redrawn at the scale of trained ones, not transformers' std-0.02
+init, under which every activation is small and logits stay below about 0.3, so that a growth
+that changes the function can still land under the tolerance (a forgotten √(k̂/k) key rescale
+moves GPT-2's logits by about 3e-5). Every matrix is N(0, 1/fan_in) (fan_in is the input width:
+dim 1 of an `nn.Linear` weight, dim 0 of GPT-2's Conv1D `[in, out]` weight); token and position
+embeddings are N(0, 1/hidden), rows of norm about 1, so tied logits (normed state · embedding)
+are of order 1 like untied ones, and the residual stream entering the first norm is small
+enough that the norm's eps matters; norm gains are 1 + 0.1·N(0, 1) and biases 0.1·N(0, 1), so
+they matter too. The models are seeded; the max |logit| of each family is about 3 to 4.
+
+Tolerance: fp32 logits, atol = rtol = 1e-4 (as `specgrow apply`'s own numeric check). The
+negative controls grow with specs that do not preserve the function and require the reloaded
+logits to differ by more than that tolerance, so the comparison is shown to see such mistakes.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import yaml
 from transformers import (
     AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config,
 )
+from transformers.pytorch_utils import Conv1D
 
 from specgrow.arch.hf import expected_model
 from specgrow.cli import main
@@ -33,16 +46,27 @@ def config_of(kind: str, **over):
     return cls(**{**COMMON, **over})
 
 
-def save_tiny(kind: str, folder: Path, max_shard_size=None, **over):
-    """A seeded random model (norm gains and biases perturbed, so they matter) saved to ``folder``."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config_of(kind, **over)).eval()
+def scale_like_trained(model) -> None:
+    """Redraw every parameter at the weight scale of the module docstring."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or ".ln_" in name:
+        for name, p in model.named_parameters():  # a tied lm_head is listed once, as the embedding
+            module = model.get_submodule(name.rpartition(".")[0])
+            if isinstance(module, torch.nn.Embedding):
+                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)  # [rows, hidden]
+            elif "norm" in name or ".ln_" in name:
                 p.copy_(1 + 0.1 * torch.randn_like(p)) if name.endswith("weight") else p.copy_(0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
+            else:  # nn.Linear is [out, in]; GPT-2's Conv1D is [in, out]
+                fan_in = p.shape[0] if isinstance(module, Conv1D) else p.shape[1]
+                p.copy_(torch.randn_like(p) / fan_in ** 0.5)
+
+
+def save_tiny(kind: str, folder: Path, max_shard_size=None, **over):
+    """A seeded random model, at the weight scale of the module docstring, saved to ``folder``."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config_of(kind, **over)).eval()
+    scale_like_trained(model)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)
     (folder / "tokenizer_config.json").write_text('{"model_max_length": 64}\n')
@@ -160,3 +184,37 @@ def test_bfloat16_checkpoint_stays_bfloat16(tmp_path):
     t = tokens()
     with torch.no_grad():
         torch.testing.assert_close(grown(t).logits.float(), model(t).logits.float(), atol=5e-2, rtol=5e-2)
+
+
+# Specs that do not preserve the function (`apply` needs --allow-unproved to write them).
+NOT_PRESERVING = {
+    # the softmax scale becomes 1/√k̂ but neither q nor k absorbs √(k̂/k)
+    "llama-key-rescale-none": ("llama", [{"key": {"to": 16, "rescale": "none"}}, {"value": {"to": 16}}]),
+    "gpt2-key-rescale-none": ("gpt2", [{"hidden": {"to": 64, "method": "duplicate"}},
+                                       {"key": {"to": 16, "rescale": "none"}}, {"value": {"to": 16}}]),
+    # RMSNorm gains take √(h/ĥ) but eps (1e-5) is not scaled by ĥ/h
+    "llama-hidden-rescale-gain": ("llama", [{"hidden": {"to": 48, "rescale": "gain"}}]),
+    # the new down-projection columns are not zero
+    "llama-mlp-w-out-normal": ("llama", [{"mlp": {"to": 96, "init": {"w_out": {"normal": 0.02}}}}]),
+    "gpt2-mlp-w-out-normal": ("gpt2", [{"mlp": {"to": 96, "init": {"w_out": {"normal": 0.02}}}}]),
+    # zero-padding the residual stream changes LayerNorm's mean and variance
+    "gpt2-hidden-zero-layernorm": ("gpt2", [{"hidden": {"to": 64, "method": "zero"}}, {"heads": {"add": 4}}]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_PRESERVING))
+def test_growth_that_changes_the_function_fails_the_comparison(tmp_path, capsys, name):
+    kind, steps = NOT_PRESERVING[name]
+    src, out = tmp_path / "in", tmp_path / "out"
+    original = save_tiny(kind, src)
+    spec = spec_for(src, steps, tmp_path / "spec.yaml")
+    assert main(["check", spec]) == 1
+    assert f"{spec}: PROVED" not in capsys.readouterr().out
+    assert main(["apply", spec, "--input", str(src), "-o", str(out), "-q", "--allow-unproved"]) == 0
+    assert not json.loads((out / "specgrow-manifest.json").read_text())["numeric_check"]["passed"]
+    grown = AutoModelForCausalLM.from_pretrained(out).eval()
+    t = tokens()
+    with torch.no_grad():
+        before, after = original(t).logits, grown(t).logits
+    print(f"{name}: max |Δlogit| = {float((after - before).abs().max()):.2e}")
+    assert not torch.allclose(after, before, atol=ATOL, rtol=RTOL)
