@@ -1,5 +1,6 @@
 """The prover's lemmas (`specgrow.verify.ops`): proved at index level with Sum/Indexed, and
-checked numerically against the reference model's own operators (fp32, atol = rtol = 1e-5)."""
+checked numerically against the reference model's own operators (fp32, atol = rtol = 1e-5); and the
+rule functions the prover runs (`ops.LEMMAS`), each applied once, input against output in float64."""
 
 from __future__ import annotations
 
@@ -146,3 +147,65 @@ def test_zero_gain_numeric():
                 norm.bias.normal_()
                 expected = norm.bias.expand(3, 5)
             close(norm(torch.randn(3, 5)), expected)
+
+
+# ------------------------------------------------------------------ the rules the prover runs
+def _lemma_cases():
+    """(lemma, an expression on which that rule of `specgrow.verify.ops.LEMMAS` fires)."""
+    from sympy import BlockMatrix, MatrixSymbol, ZeroMatrix
+
+    from specgrow.verify.ops import Heads, LayerNorm, RMSNorm, Rope
+
+    n, h, dh, kk, v = sp.symbols("n h dh k v", integer=True, positive=True)
+    e = sp.Symbol("epsilon", positive=True)
+    xs, x2 = MatrixSymbol("x", n, h), MatrixSymbol("x2", n, h)
+    g1, g2, g3 = MatrixSymbol("g", 1, h), MatrixSymbol("g2", 1, dh), MatrixSymbol("g3", 1, h)
+    b1, b3 = MatrixSymbol("b", 1, h), MatrixSymbol("b3", 1, h)
+    q = [MatrixSymbol(f"q{i}", n, 2 * kk) for i in range(2)]
+    ks = [MatrixSymbol(f"k{i}", n, kk) for i in range(2)]
+    vs = [MatrixSymbol(f"v{i}", n, v) for i in range(2)]
+    row = lambda *blocks: BlockMatrix([list(blocks)])  # noqa: E731
+    return [
+        ("rms_pad", RMSNorm(row(xs, ZeroMatrix(n, dh)), row(g1, g2), e)),
+        ("norm_copies", RMSNorm(row(xs, xs), row(g1, g3), e)),
+        ("norm_copies", LayerNorm(row(xs, xs), row(g1, g3), row(b1, b3), e)),
+        ("gain_linear", RMSNorm(xs, sp.Rational(1, 3) * g1, e)),
+        ("gain_linear", LayerNorm(xs, 2 * g1, 2 * b1, e)),
+        ("zero_gain", RMSNorm(xs, ZeroMatrix(1, h), e)),
+        ("zero_gain", LayerNorm(xs, ZeroMatrix(1, h), b1, e)),
+        ("gqa_split", Heads(row(*q), row(*ks), row(*vs), kk, v, 1 / sp.sqrt(kk), 0)),
+        ("gqa_split", Heads(row(*q), row(*ks), row(*vs), kk, v, 1 / sp.sqrt(kk), 1)),
+        ("heads_of_zero_values", Heads(q[0], ks[0], ZeroMatrix(n, v), kk, v, 1 / sp.sqrt(kk), 0)),
+        ("rope_linear", Rope(sp.Rational(3, 2) * x2, h, "old")),
+        ("rope_linear", Rope(ZeroMatrix(n, h), h, "old")),
+    ]
+
+
+def test_each_lemma_rule_the_prover_runs_keeps_the_value():
+    """Not the mathematics restated: the rule functions of `ops.LEMMAS` themselves, applied once,
+    their input and output evaluated in float64 at random dims (`specgrow.verify.evaluate`, whose
+    operators are checked against the reference model's in tests/test_evaluate.py)."""
+    from specgrow.verify.algebra import Trace
+    from specgrow.verify.evaluate import agree
+    from specgrow.verify.ops import LEMMAS
+
+    for lemma, expr in _lemma_cases():
+        trace = Trace()
+        out = LEMMAS[type(expr)](expr, trace)
+        assert out is not expr and lemma in trace.lemmas, (lemma, expr, trace.lemmas)
+        found = agree(out, expr, trials=3)
+        assert found.agrees, (lemma, found.reason)
+
+
+def test_a_rule_that_drops_the_rms_pad_factor_is_caught():
+    """The check above is not blind: rms_pad without its sqrt(w'/w) disagrees."""
+    from sympy import BlockMatrix, MatMul
+
+    from specgrow.verify import ops
+    from specgrow.verify.algebra import Trace
+    from specgrow.verify.evaluate import agree
+
+    _, expr = _lemma_cases()[0]
+    out = ops.r_rmsnorm(expr, Trace())
+    wrong = BlockMatrix([[b.args[-1] if isinstance(b, MatMul) else b for b in out.blocks]])
+    assert agree(out, expr).agrees and not agree(wrong, expr).agrees
