@@ -20,6 +20,7 @@ import sys
 from specgrow import __version__
 from specgrow.collector import paused
 from specgrow.errors import InputError, SpecgrowError
+from specgrow.publish import output_target, refuse_overlap
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("apply", help="grow a checkpoint (default: the reference model) by a spec")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory (must not exist)")
+    p.add_argument("--output", "-o", required=True, metavar="DIR",
+                   help="output directory (must not exist, unless --overwrite); apart from the spec and the input")
     p.add_argument("--input", metavar="PATH",
                    help="checkpoint to grow: a HuggingFace folder (config.json + model.safetensors, shards "
                         "with an index, or pytorch_model.bin), a .safetensors or .pt/.bin state dict, or a "
@@ -79,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="write a torch.distributed checkpoint (DCP) folder or safetensors (default: dcp for a DCP "
                         "input folder, one with .metadata, else safetensors); under torchrun --nproc-per-node N, "
                         "N ranks write the DCP output together")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output directory, atomically (never a file or a symbolic link)")
     p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
     return parser
 
@@ -137,6 +140,8 @@ def _check(args) -> int:
 def _prove(args) -> int:
     from specgrow.verify.report import render_markdown, spec_lines, write_atomic
 
+    if args.output is not None:
+        refuse_overlap(args.output, {"the spec": args.spec})
     cert = _prove_file(args.spec)
     if isinstance(cert, SpecgrowError):
         raise cert
@@ -174,6 +179,9 @@ def _apply(args) -> int:
     from specgrow.spec import load_spec
 
     _require_torch(not_found())  # before anything is read or written
+    refuse_overlap(args.output, {"the spec": args.spec, "the input": args.input,
+                                 "the optimizer state": args.optimizer})
+    output_target(args.output, args.overwrite)  # refused now, not after the work
     if args.input is not None:  # the manifest's hashes of the input, while torch and SymPy load
         from specgrow.lower.hashes import prefetch
 

@@ -64,7 +64,7 @@ from specgrow.errors import CheckpointError, InputError, NumericCheckError, Spec
 from specgrow.ir import Const, Old, Random
 from specgrow.lower.checkpoint import RoleSource
 from specgrow.lower.numeric import compare, tokens_for
-from specgrow.lower.safetensors_io import _Tensors
+from specgrow.lower.safetensors_io import _Tensors, torch_load
 from specgrow.lower.stream import StateSource, _scatter, chain, indices, outer, whole
 from specgrow.shape import ModelShape
 
@@ -528,7 +528,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 def load_optimizer_file(path: str) -> dict:
     """A saved ``optimizer.state_dict()`` (``torch.save``), loaded with ``weights_only=True``."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch_load(path)
     except FileNotFoundError:
         raise InputError(f"cannot read optimizer state: no such file '{path}'", path=path) from None
     except Exception as exc:  # unpickling refused, corrupt or truncated file

@@ -1,9 +1,10 @@
 """``specgrow apply``: execute a compiled plan on a checkpoint and check the result.
 
-Order: prove the spec; open the input (the reference model from the spec's seed, a
-specgrow file or folder, or a HuggingFace folder whose config.json must describe the
-spec's model) and check every tensor's name, shape and dtype; stream the grown tensors
-into a temporary folder (one band of rows at a time, each file hashed as it is written);
+Order: check the input folder's config.json (types and ranges); prove the spec; open the
+input (the reference model from the spec's seed, a specgrow file or folder, or a
+HuggingFace folder whose config.json must describe the spec's model) and check every
+tensor's name, shape and dtype; stream the grown tensors into a temporary folder (one band
+of rows at a time, each file hashed as it is written, each input band checked finite);
 compare the logits of the input and of the files just written, while they are fsynced; only
 then add the config, certificate and manifest and rename
 the folder into place. Anything not PROVED, or a failed numeric check, writes nothing
@@ -23,12 +24,16 @@ import torch
 
 from specgrow import __version__
 from specgrow.arch import FAMILIES, REFERENCE
-from specgrow.arch.hf import cross_check, family_of, grown_config, layer_origins, read_config, shortest_window
+from specgrow.arch.hf import (
+    cross_check, family_of, grown_config, layer_origins, read_config, shortest_window, validate_config,
+)
 from specgrow.errors import InputError, NumericCheckError, SpecError, UnprovedError
+from specgrow.lower.budget import check_apply
 from specgrow.lower.checkpoint import (
     RoleSource, atomic_directory, copy_side_files, write_checkpoint,
 )
 from specgrow.lower.hashes import one_malloc_arena, sha256_file, sha256_later
+from specgrow.lower.links import refuse_outside
 from specgrow.lower.numeric import compare, streamed_logits, tokens_for
 from specgrow.lower.safetensors_io import CheckpointFiles, fsync_files, parse_size
 from specgrow.lower.stream import StateSource, chain, whole
@@ -82,7 +87,8 @@ class Opened:
             if self.files is None:
                 return streamed_logits(self.shape, self.source, tokens)
             with self.reopen() as files:
-                return streamed_logits(self.shape, RoleSource(files, self.family, self.shape, str(self.path)), tokens)
+                source = RoleSource(files, self.family, self.shape, str(self.path), check_finite=True)
+                return streamed_logits(self.shape, source, tokens)
         return pool.submit(run)
 
 
@@ -141,9 +147,7 @@ def open_input(spec, plan, path: str | None) -> Opened:
             raise SpecError(f"model.arch {arch}: a DCP input grows into safetensors only for the reference model; "
                             "use --output-format dcp", path=spec.path)
         return open_dcp(spec, plan, where)
-    config = read_config(where) if where.is_dir() and (where / "config.json").is_file() else None
-    if config is not None and "specgrow_config" in config:
-        config = None  # a folder written by specgrow apply for the reference model
+    config = hf_config(where)
     if config is None and arch != "reference":
         raise SpecError(f"model.arch {arch}: --input must be a HuggingFace folder with config.json, "
                         f"found '{path}'", path=spec.path)
@@ -154,12 +158,28 @@ def open_input(spec, plan, path: str | None) -> Opened:
         family = REFERENCE
     files = CheckpointFiles(where)  # raises for a corrupt or incomplete checkpoint
     try:
-        source = RoleSource(files, family, plan.before, path)
+        source = RoleSource(files, family, plan.before, path, check_finite=True)
     except Exception:
         files.close()
         raise
     manifest = {"path": str(where), "files": _hash_in_background(files.files())}
     return Opened(source, family, source.prefix, config, manifest, plan.before, files, where)
+
+
+def hf_config(path) -> dict | None:
+    """The validated config.json of a HuggingFace input folder; None for any other input (a
+    file, a DCP folder, a folder written by specgrow apply for the reference model)."""
+    from specgrow.lower.dcp import is_dcp
+
+    where = Path(path)
+    if not where.is_dir() or is_dcp(where) or not (where / "config.json").is_file():
+        return None
+    refuse_outside(where / "config.json", where)
+    config = read_config(where)
+    if "specgrow_config" in config:
+        return None
+    validate_config(config, str(where / "config.json"))
+    return config
 
 
 def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
@@ -168,16 +188,34 @@ def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
 
     max_shard = _shard_bytes(options.max_shard_size)
     one_malloc_arena()  # before any worker thread starts
+    if options.input is not None:
+        hf_config(options.input)  # a wrong config.json is reported before the proof runs
     cert = prove(spec, options.allow_unproved, log)
     certificate = render_markdown(cert)
     device = resolve_device(options.device)
     concrete = plan.concrete()
-    opened = open_input(spec, plan, options.input)
+    opened = _open_within_budget(spec, plan, concrete, options, device)
     try:
         return _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, cert, certificate,
                                obligation_count(cert), log)
     finally:
         opened.close()
+
+
+def _open_within_budget(spec, plan, concrete, options, device) -> Opened:
+    """The input, opened once `check_apply` finds the memory, disk and device memory the growth
+    needs: for the reference model (no ``--input``) before it is built in memory."""
+    if options.input is None and spec.model.arch == "reference":
+        check_apply(spec.path, plan, REFERENCE, options, device, lambda key: torch.float32)
+        return open_input(spec, plan, None)
+    opened = open_input(spec, plan, options.input)
+    try:
+        grown = chain(opened.source, concrete.steps, device)
+        check_apply(spec.path, plan, opened.family, options, device, grown.dtype, opened.source)
+    except BaseException:
+        opened.close()
+        raise
+    return opened
 
 
 def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, cert, certificate, obligations,
@@ -196,7 +234,9 @@ def _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, ce
 
         optimizer = grow_optimizer_file(options.optimizer, opened.family, opened.prefix, plan.before, plan.after,
                                         concrete.steps, opened.config, config)
-    with atomic_directory(options.output, options.overwrite) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+    sources = {"the input": options.input, "the optimizer state": options.optimizer}
+    with atomic_directory(options.output, options.overwrite, sources) as tmp, \
+            ThreadPoolExecutor(max_workers=1) as pool:
         reference_future = opened.reference_logits(tokens, pool)  # overlaps with writing
         output_hashes = write_checkpoint(tmp, opened.family, opened.prefix, plan.after, grown, dtype=dtype,
                                          max_shard_bytes=max_shard, metadata=metadata, quiet=options.quiet,
@@ -285,9 +325,8 @@ def _versions() -> dict:
 
 
 def _first_failing_step(plan, concrete, source, tokens, reference, dtype, seed, device) -> int:
-    shapes = [step.after for step in plan.steps]
-    for index in range(len(plan.steps)):
-        partial = chain(source, concrete.steps[:index + 1], device)
-        if not compare(reference, streamed_logits(shapes[index], partial, tokens), dtype, seed).passed:
+    grown = chain(source, concrete.steps, device)  # one chain: every step's state shares its caches
+    for index, step in enumerate(plan.steps):
+        if not compare(reference, streamed_logits(step.after, grown.after(index + 1), tokens), dtype, seed).passed:
             return index
     return len(plan.steps) - 1

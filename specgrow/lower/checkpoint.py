@@ -25,20 +25,28 @@ from pathlib import Path
 import torch
 
 from specgrow.arch import Family, stored_shape
-from specgrow.errors import CheckpointError, InputError
+from specgrow.errors import CheckpointError
 from specgrow.lower.hashes import WEIGHT_SUFFIXES
+from specgrow.lower.links import leaves
 from specgrow.lower.safetensors_io import SafetensorsWriter, index_json, plan_shards, shard_names, tensor_bytes
 from specgrow.lower.stream import bands, whole
+from specgrow.publish import output_target, publish, refuse_overlap
 from specgrow.shape import ModelShape
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 class RoleSource:
-    """The tensors of checkpoint ``files`` as roles of ``shape``, by ``family``'s table."""
+    """The tensors of checkpoint ``files`` as roles of ``shape``, by ``family``'s table.
 
-    def __init__(self, files, family: Family, shape: ModelShape, path: str):
+    With ``check_finite`` every band read is checked: one that holds NaN or Inf is a
+    `CheckpointError` naming the stored tensor and row (an input that is not a model to grow,
+    rather than a numeric check that would blame a step).
+    """
+
+    def __init__(self, files, family: Family, shape: ModelShape, path: str, check_finite: bool = False):
         self.files, self.family, self.model, self.path = files, family, shape, path
+        self.check_finite = check_finite
         names = files.names()
         self._names = set(names)
         self.prefix = family.prefix_of(names)
@@ -83,11 +91,23 @@ class RoleSource:
     def rows(self, key, start: int, stop: int) -> torch.Tensor:
         name, offset, stored = self._locate(key)
         if not stored.transposed:
-            return self.files.read_rows(name, offset + start, offset + stop)
+            return self._finite(name, self.files.read_rows(name, offset + start, offset + stop), offset + start)
         if self._cached[0] != name:  # Conv1D [in, out]: read once, serve the roles' rows
             self._cached = (None, None)
-            self._cached = (name, self.files.read(name).T)
+            self._cached = (name, self._finite(name, self.files.read(name), 0).T)
         return self._cached[1][offset + start:offset + stop]
+
+    def _finite(self, name: str, rows: torch.Tensor, first: int) -> torch.Tensor:
+        """``rows`` of stored tensor ``name`` (from row ``first``), checked if ``check_finite``."""
+        if not self.check_finite:
+            return rows
+        bad = ~torch.isfinite(rows.half() if rows.element_size() == 1 else rows)  # float8: no isfinite
+        if not bad.any():
+            return rows
+        row = int(bad.reshape(len(bad) if bad.dim() else 1, -1).any(1).nonzero()[0])
+        value = float(rows.reshape(-1)[bad.reshape(-1).nonzero()[0]])
+        raise CheckpointError(f"input tensor '{name}' is not finite: row {first + row} holds {value}; "
+                              "a checkpoint to grow must hold finite weights", path=self.path)
 
     def _locate(self, key):
         if key not in self.where:
@@ -195,23 +215,33 @@ def _stored_chunks(source, stored, layer):
 
 
 def copy_side_files(src: Path, dst: Path) -> list[str]:
-    """Copy a HF folder's other files (tokenizer, generation config, ...) but weights and config."""
+    """Copy a HF folder's other files (tokenizer, generation config, ...) but weights and config.
+
+    A symbolic link to a file inside the folder is copied as a regular file; one that leads
+    out of it (`specgrow.lower.links`) is not followed: it is skipped, with a warning on stderr.
+    """
     copied = []
     for item in sorted(src.iterdir()):
-        if not item.is_file() or item.name == "config.json" or item.name in INDEX_FILES \
-                or item.suffix in WEIGHT_SUFFIXES or item.name.startswith("specgrow-"):
+        if item.name == "config.json" or item.name in INDEX_FILES or item.suffix in WEIGHT_SUFFIXES \
+                or item.name.startswith("specgrow-"):
             continue
-        shutil.copy2(item, dst / item.name)
-        copied.append(item.name)
+        if leaves(item, src):
+            print(f"{item}:1:1: warning: not copied: a symbolic link out of the input folder", file=sys.stderr)
+        elif item.is_file():
+            shutil.copy2(item, dst / item.name)
+            copied.append(item.name)
     return copied
 
 
 @contextlib.contextmanager
-def atomic_directory(output: str, overwrite: bool):
-    """Yield a temporary directory that becomes ``output`` only if the block succeeds."""
-    final = Path(output)
-    if final.exists() and not overwrite:
-        raise InputError(f"output '{output}' already exists (pass --overwrite to replace it)", path=output)
+def atomic_directory(output: str, overwrite: bool, sources: dict[str, str | None] | None = None):
+    """Yield a temporary directory that becomes ``output`` only if the block succeeds.
+
+    ``output`` must be apart from every path of ``sources`` (``{label: path}``, see
+    `specgrow.publish.refuse_overlap`); `specgrow.publish.publish` moves the folder into place.
+    """
+    refuse_overlap(output, sources or {})
+    final = output_target(output, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     previous = signal.getsignal(signal.SIGTERM)
@@ -219,13 +249,7 @@ def atomic_directory(output: str, overwrite: bool):
     try:
         yield tmp
         _public(tmp)
-        if final.exists():
-            trash = final.parent / f".{final.name}.old-{os.getpid()}"
-            final.rename(trash)
-            tmp.rename(final)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(final)
+        publish(tmp, final, overwrite, output)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if tmp.exists():

@@ -16,9 +16,11 @@ band by band, through `chain` of the plan's steps, and the ranks save them toget
 layout. No rank holds a whole tensor: memory holds about one input chunk and one output
 band (GPT-2's Conv1D tensors are computed a band of their roles at a time).
 
-**Trust.** ``.metadata`` is a Python pickle, read by torch's ``FileSystemReader``; unpickling
-can run arbitrary code, so only grow DCP checkpoints from a trusted source. Chunk payloads
-are loaded with ``weights_only=True``.
+**Trust.** ``.metadata`` is a Python pickle; specgrow unpickles it with `MetadataUnpickler`,
+which builds only DCP's own metadata classes, torch dtypes and sizes, and pure paths, so no
+code named in the file runs (torch's ``FileSystemReader`` would unpickle anything). Chunk
+payloads are loaded with ``weights_only=True``. ``.metadata`` and chunk files that are
+symbolic links out of the folder are refused.
 
 Not handled: optimizer entries (top-level ``optim.``/``optimizer.``) and non-tensor entries
 are left out of the output, which holds the model's weights only; chunks written with
@@ -29,11 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
+import pickle
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
@@ -41,19 +45,106 @@ from specgrow.arch import FAMILIES, Family, Stored
 from specgrow.errors import CheckpointError, InputError, NumericCheckError, SpecgrowError
 from specgrow.lower.checkpoint import RoleSource, atomic_directory
 from specgrow.lower.hashes import sha256_file
-from specgrow.lower.safetensors_io import _check_rows, _reason, _Tensors
+from specgrow.lower.links import refuse_outside
+from specgrow.lower.safetensors_io import _check_rows, _reason, _Tensors, torch_load
 from specgrow.lower.stream import bands, chain
 
 METADATA = ".metadata"
 BAND_BYTES = 64 << 20  # rows of one output write item (one file each), at most
 IGNORED_TOP = ("optim", "optimizer")  # top-level keys of optimizer state in a training checkpoint
 WRAPPERS = ("", "model.")  # where the model's FQNs sit: top level, or under {"model": ...}
+METADATA_CLASSES = ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+                    "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")
+PATHS = {"PosixPath": PurePosixPath, "PurePosixPath": PurePosixPath,  # StorageMeta.checkpoint_id
+         "WindowsPath": PureWindowsPath, "PureWindowsPath": PureWindowsPath}
 
 
 def is_dcp(path) -> bool:
     """Whether ``path`` is a DCP folder: it has ``.metadata`` or ``*.distcp`` files."""
     folder = Path(path)
     return folder.is_dir() and ((folder / METADATA).is_file() or any(folder.glob("*.distcp")))
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """Unpickle a DCP ``.metadata``, admitting only the globals such a file names.
+
+    Those are the classes of ``torch.distributed.checkpoint.metadata``, the filesystem
+    writer's ``_StorageInfo``, torch dtypes, ``torch.Size``, ``torch.serialization._get_layout``
+    (a lookup among torch's layouts) and paths, built as pure paths (never touched). Any other
+    global, ``os.system`` or ``builtins.eval`` included, is refused before it is looked up,
+    so nothing named in the file is imported or called.
+    """
+
+    def find_class(self, module: str, name: str):
+        allowed = _metadata_globals().get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"refused global '{module}.{name}' (a DCP .metadata names only DCP's "
+                                         "metadata classes, torch dtypes and sizes)")
+        return allowed
+
+
+@functools.lru_cache(maxsize=1)
+def _metadata_globals() -> dict:
+    """``{(module, name): object}`` that `MetadataUnpickler` admits."""
+    import torch.distributed.checkpoint.filesystem as filesystem
+    import torch.distributed.checkpoint.metadata as metadata
+
+    allowed = {("torch.distributed.checkpoint.metadata", name): getattr(metadata, name)
+               for name in METADATA_CLASSES if hasattr(metadata, name)}
+    allowed[("torch.distributed.checkpoint.filesystem", "_StorageInfo")] = filesystem._StorageInfo
+    allowed[("torch", "Size")] = torch.Size
+    allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
+    allowed.update({("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)})
+    allowed.update({(module, name): cls for module in ("pathlib", "pathlib._local") for name, cls in PATHS.items()})
+    return allowed
+
+
+def read_metadata(folder: Path):
+    """The ``Metadata`` of DCP folder ``folder``, unpickled by `MetadataUnpickler`; one-line errors."""
+    path = folder / METADATA
+    if not path.is_file():
+        raise CheckpointError("DCP checkpoint without .metadata (an interrupted save?)", path=str(path))
+    refuse_outside(path, folder)
+    try:
+        with open(path, "rb") as f:
+            meta = MetadataUnpickler(f).load()
+    except Exception as exc:  # corrupt, foreign or refused: one clear line, no traceback
+        raise CheckpointError(f"cannot read DCP metadata: {_reason(exc)}", path=str(path)) from None
+    _check_metadata(meta, str(path))
+    return meta
+
+
+def _check_metadata(meta, where: str) -> None:
+    """`CheckpointError` unless ``meta`` has the structure `DcpFiles` reads (tensor entries checked)."""
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata, TensorStorageMetadata
+
+    if not isinstance(meta, Metadata) or not isinstance(meta.state_dict_metadata, dict) \
+            or not isinstance(meta.storage_data, dict):
+        raise CheckpointError("not DCP metadata: expected a torch.distributed.checkpoint Metadata with "
+                              "storage_data", path=where)
+    for name, md in meta.state_dict_metadata.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"corrupt DCP metadata: entry name {name!r:.60} is not a string", path=where)
+        if not isinstance(md, TensorStorageMetadata):
+            continue
+        dims = len(md.size) if _sizes(md.size) else -1
+        if dims < 0 or not isinstance(getattr(md.properties, "dtype", None), torch.dtype) \
+                or not isinstance(md.chunks, list) \
+                or not all(isinstance(c, ChunkStorageMetadata) and _sizes(c.offsets, dims) and _sizes(c.sizes, dims)
+                           for c in md.chunks):
+            raise CheckpointError(f"corrupt DCP metadata: tensor '{name}' lacks a dtype, a size or chunks of "
+                                  "its rank", path=where)
+    for info in meta.storage_data.values():
+        if not isinstance(getattr(info, "relative_path", None), str) \
+                or not _sizes((getattr(info, "offset", None), getattr(info, "length", None))):
+            raise CheckpointError("corrupt DCP metadata: a storage entry lacks a file name, offset or length",
+                                  path=where)
+
+
+def _sizes(values, count: int | None = None) -> bool:
+    """Whether ``values`` is a tuple of ``count`` (any number if None) non-negative ints."""
+    return isinstance(values, tuple) and (count is None or len(values) == count) \
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
 
 
 def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
@@ -105,21 +196,11 @@ class DcpFiles(_Tensors):
     """
 
     def __init__(self, path, family: Family | None = None):
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
         self.path = Path(path)
         where = str(self.path / METADATA)
-        if not (self.path / METADATA).is_file():
-            raise CheckpointError("DCP checkpoint without .metadata (an interrupted save?)", path=where)
-        try:
-            meta = FileSystemReader(str(self.path)).read_metadata()  # a pickle: trusted input only
-        except Exception as exc:  # corrupt or foreign: one clear line, no traceback
-            raise CheckpointError(f"cannot read DCP metadata: {_reason(exc)}", path=where) from None
-        if not isinstance(meta, Metadata) or not isinstance(meta.state_dict_metadata, dict) \
-                or not isinstance(meta.storage_data, dict):
-            raise CheckpointError("not DCP metadata: expected a torch.distributed.checkpoint Metadata with "
-                                  "storage_data", path=where)
+        meta = read_metadata(self.path)
         self.storage = meta.storage_data
         tensors = {name: md for name, md in meta.state_dict_metadata.items()
                    if isinstance(md, TensorStorageMetadata) and name.split(".")[0] not in IGNORED_TOP}
@@ -130,6 +211,7 @@ class DcpFiles(_Tensors):
             if not name or Path(name).name != name or not (self.path / name).is_file():
                 raise CheckpointError(f"chunk file '{name}' listed in the metadata is missing from {self.path}",
                                       path=where)
+            refuse_outside(self.path / name, self.path)
         self._cached: tuple = (None, None)
         self.chunk_loads: list[tuple[str, int]] = []
 
@@ -190,7 +272,7 @@ class DcpFiles(_Tensors):
                                   path=where)
         if getattr(info, "transform_descriptors", None):
             raise CheckpointError(f"tensor '{fqn}' was saved with storage extensions "
-                                  f"{list(info.transform_descriptors)}, which specgrow does not read", path=where)
+                                  f"{info.transform_descriptors!r:.100}, which specgrow does not read", path=where)
         with open(self.path / info.relative_path, "rb") as f:
             window = _Window(f, info.offset, info.length)
             if window.read(2) != b"PK":
@@ -198,7 +280,7 @@ class DcpFiles(_Tensors):
                                       "(only FileSystemWriter's default torch_save serialization is read)", path=where)
             window.seek(0)
             try:
-                tensor = torch.load(io.BufferedReader(window), map_location="cpu", weights_only=True)
+                tensor = torch_load(io.BufferedReader(window))
             except Exception as exc:
                 raise CheckpointError(f"tensor '{fqn}': cannot read its chunk in '{info.relative_path}': "
                                       f"{_reason(exc)}", path=where) from None
@@ -228,7 +310,7 @@ def open_dcp(spec, plan, path, hash_files: bool = True):
     family = FAMILIES[spec.model.arch]
     files = DcpFiles(path, family)
     try:
-        source = RoleSource(files, family, plan.before, str(path))
+        source = RoleSource(files, family, plan.before, str(path), check_finite=True)
     except Exception:
         files.close()
         raise
@@ -375,7 +457,8 @@ def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: 
     try:
         state = ranks.run(lambda: _meta_state(stored, plan.after, grown, out_dtype, ranks))
         with contextlib.ExitStack() as stack:
-            tmp = ranks.run(lambda: stack.enter_context(atomic_directory(output, overwrite)), on_rank0=True)
+            tmp = ranks.run(lambda: stack.enter_context(atomic_directory(output, overwrite, {"the input": input})),
+                           on_rank0=True)
             ranks.run(lambda: _save(state, tmp, _save_planner(pull, band_bytes), ranks))
             if check:
                 result, index = ranks.run(lambda: _check(spec, plan, opened, tmp, dev, out_dtype), on_rank0=True)

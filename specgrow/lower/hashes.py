@@ -16,6 +16,8 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 
+from specgrow.lower.links import leaves
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
 
 _futures: dict = {}
@@ -48,13 +50,14 @@ def prefetch(path) -> None:
     """Start hashing the weight file ``path``, or the weight files in folder ``path``.
 
     Nothing is checked here: a path that is missing or unreadable is reported by the
-    caller's own reading, and its hash is simply not asked for.
+    caller's own reading, and its hash is simply not asked for; nor is a folder's file that
+    is a symbolic link out of it (the caller refuses it), so nothing outside it is read.
     """
     path = Path(path)
     try:
         if path.is_dir():
             for item in sorted(path.iterdir()):
-                if item.suffix in WEIGHT_SUFFIXES and item.is_file():
+                if item.suffix in WEIGHT_SUFFIXES and item.is_file() and not leaves(item, path):
                     sha256_later(item)
         elif path.is_file():
             sha256_later(path)

@@ -28,11 +28,13 @@ import math
 import os
 import re
 import struct
+import warnings
 from pathlib import Path
 
 import torch
 
 from specgrow.errors import CheckpointError, InputError
+from specgrow.lower.links import refuse_outside
 
 DTYPE_CODES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -90,6 +92,8 @@ def _parse_header(raw: bytes, data_len: int) -> tuple[dict, dict]:
         raise ValueError(f"corrupt safetensors header: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except ValueError as exc:
         raise ValueError(f"corrupt safetensors header: not JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError("corrupt safetensors header: JSON nested too deeply") from None
     if not isinstance(header, dict):
         raise ValueError(f"corrupt safetensors header: expected a JSON object, found {type(header).__name__}")
     metadata = header.pop("__metadata__", {})
@@ -177,7 +181,7 @@ class SafetensorsReader(_Tensors):
                 limit = "the 100 MB limit" if length > MAX_HEADER else f"the {size - 8} bytes after it"
                 raise ValueError(f"corrupt safetensors header: its length {length} exceeds {limit}")
             self._metadata, self._entries = _parse_header(self._file.read(length), size - 8 - length)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: showing a deeply nested value
             self._file.close()
             raise CheckpointError(f"cannot read checkpoint: {exc}", path=str(path)) from None
         self._data_start = 8 + length
@@ -425,8 +429,25 @@ def _reason(exc: Exception) -> str:
     text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
     if "WeightsUnpickler error:" in text:
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
-        text = f"it holds objects other than tensors, which weights_only loading refuses ({detail})"
+        detail = detail.split(" Check the documentation")[0]
+        if detail.startswith("Unsupported operand"):
+            text = (f"its pickle uses an instruction weights_only loading does not read ({detail}); "
+                    "save it again with torch.save's default (zip) format")
+        else:
+            text = f"it holds objects other than tensors, which weights_only loading refuses ({detail})"
     return f"{type(exc).__name__}: {text[:300]}"
+
+
+def torch_load(file, **options):
+    """``torch.load(file, map_location="cpu", weights_only=True, **options)``, torch's warnings
+    silenced (e.g. about an old pickle protocol): a failure is reported in one line by the caller.
+
+    The only way specgrow unpickles a ``torch.save`` file: nothing but tensors and plain
+    containers is ever built, no code named in the file runs.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(file, map_location="cpu", weights_only=True, **options)
 
 
 class _StateDictFile(_Tensors):
@@ -436,11 +457,11 @@ class _StateDictFile(_Tensors):
         self.path = path
         try:
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                state = torch_load(path, mmap=True)
             except RuntimeError as exc:
                 if "mmap" not in str(exc):
                     raise
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)  # pre-zip format
+                state = torch_load(path, mmap=False)  # pre-zip format
         except Exception as exc:  # corrupt or foreign file: one clear line, no traceback
             raise CheckpointError(f"cannot read checkpoint: {_reason(exc)}", path=str(path)) from None
         if not isinstance(state, dict):
@@ -468,7 +489,11 @@ class _StateDictFile(_Tensors):
 
 
 class CheckpointFiles(_Tensors):
-    """Every tensor of a checkpoint folder or file, by name, whatever file holds it."""
+    """Every tensor of a checkpoint folder or file, by name, whatever file holds it.
+
+    A folder's weight files and index may be symbolic links only to files inside it
+    (`specgrow.lower.links`); ``path`` itself may be a link.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
@@ -487,6 +512,7 @@ class CheckpointFiles(_Tensors):
             if not found:
                 raise CheckpointError(f"no checkpoint in folder: expected one of {', '.join(FOLDER_FILES)}",
                                       path=str(path))
+            refuse_outside(found[0], path)
             path = found[0]
         elif not path.is_file():
             raise InputError("cannot read checkpoint: no such file or folder", path=str(path))
@@ -502,6 +528,8 @@ class CheckpointFiles(_Tensors):
             raise InputError(f"cannot read checkpoint index: {exc.strerror}", path=str(index)) from None
         except ValueError as exc:
             raise CheckpointError(f"corrupt checkpoint index: not JSON ({exc})", path=str(index)) from None
+        except RecursionError:
+            raise CheckpointError("corrupt checkpoint index: JSON nested too deeply", path=str(index)) from None
         weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError('corrupt checkpoint index: expected a JSON object whose "weight_map" maps '
@@ -511,6 +539,7 @@ class CheckpointFiles(_Tensors):
             if Path(shard).name != shard or not (index.parent / shard).is_file():
                 raise CheckpointError(f"shard '{shard}' listed in the index is missing from {index.parent}",
                                       path=str(index))
+            refuse_outside(index.parent / shard, index.parent)
             self._add(index.parent / shard)
         for name, shard in weight_map.items():
             if name not in self._owner or self._owner[name].path.name != shard:
