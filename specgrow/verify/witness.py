@@ -177,7 +177,9 @@ def _activate(activation: str, up: np.ndarray, gate: np.ndarray | None) -> np.nd
 
 
 def _silu(x: np.ndarray) -> np.ndarray:
-    return x / (1 + np.exp(-x))
+    """x * sigmoid(x), without overflow: exp of a non-positive number only."""
+    e = np.exp(-np.abs(x))
+    return x * np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 _ERF = np.frompyfunc(math.erf, 1, 1)
