@@ -2,8 +2,10 @@
 
 Exit codes: 0 success, 1 invalid spec / not PROVED / failed check / bad checkpoint, 2 usage
 or IO. Every error is one line ``FILE:LINE:COL: error: MESSAGE`` on stderr (``check`` reports
-on stdout, in the chosen format). ``validate``, ``check``, ``prove`` and ``plan`` never import
-torch, safetensors or `specgrow.lower`: they work from ``pip install specgrow``. ``apply``
+on stdout, in the chosen format). ``init``, ``validate``, ``check``, ``prove`` and ``plan`` never
+import torch, safetensors or `specgrow.lower`: they work from ``pip install specgrow``; only
+``--input DIR`` reads safetensors headers through `specgrow.lower`, with PyTorch if it is there
+(without it, the folder's config.json alone is checked). ``apply``
 needs the ``torch`` extra (`specgrow.extras`), says so in one line (exit 2) when it is missing,
 before anything is read or written, and imports torch only once the spec is valid. SymPy (the
 IR's shapes are SymPy expressions) is imported by the commands that compile a spec, never by
@@ -23,6 +25,10 @@ from specgrow.errors import InputError, SpecgrowError
 from specgrow.publish import output_target, refuse_overlap
 
 
+INPUT_HELP = ("also check each spec's model against the HuggingFace folder DIR: its config.json and the shapes in "
+              "its safetensors headers (every disagreement, at its line in the spec)")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (usage)
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -33,8 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"specgrow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    p = sub.add_parser("init", help="print a spec whose model restates a HuggingFace folder's config.json",
+                       description="Print a complete spec for the HuggingFace checkpoint in DIR (gpt2, llama, "
+                                   "mistral, qwen2, or a folder written by apply): its model section restates "
+                                   "config.json; fill in its steps.")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--output", "-o", metavar="SPEC", help="write the spec to SPEC, a new file (never replaced)")
+
     p = sub.add_parser("validate", help="check specs against the schema and the semantic rules")
     p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--input", metavar="DIR", help=INPUT_HELP)
 
     p = sub.add_parser("check", help="validate and prove specs; exit 0 only if every one is PROVED",
                        description="Validate and prove each spec. Exit 0 if all are PROVED, 1 if any is "
@@ -43,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json", "sarif"), default="text",
                    help="report on stdout: located text lines and a summary (default), a JSON list of "
                         "certificates, or a SARIF 2.1.0 log")
+    p.add_argument("--input", metavar="DIR", help=INPUT_HELP + "; a spec that disagrees is reported invalid")
 
     p = sub.add_parser("prove", help="write the proof certificate of a spec",
                        description="Prove a spec and write its certificate: Markdown by default, JSON with "
@@ -87,19 +102,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _init(args) -> int:
+    from specgrow.authoring import spec_for_folder, write_new
+
+    text = spec_for_folder(args.folder)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        write_new(args.output, text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _folder_check(folder: str | None):
+    """The `specgrow.authoring.FolderCheck` of ``--input``, or None without it."""
+    if folder is None:
+        return None
+    from specgrow.authoring import FolderCheck
+
+    return FolderCheck(folder, note=lambda line: print(line, file=sys.stderr))
+
+
 def _validate(args) -> int:
     from specgrow.spec import load_spec
 
+    folder = _folder_check(args.input)
     status = 0
     for path in args.specs:
         try:
             spec = load_spec(path)
+            if folder is not None:
+                folder(spec)
         except SpecgrowError as err:
             print(err.render(), file=sys.stderr)
             status = max(status, err.exit_code)
             continue
         stages = f" in {len(spec.stages)} stage(s)" if spec.stages else ""
-        print(f"{path}: valid ({len(spec.steps)} step(s){stages})")
+        matches = "" if folder is None else f"; {folder.summary()}"
+        print(f"{path}: valid ({len(spec.steps)} step(s){stages}){matches}")
     return status
 
 
@@ -112,12 +152,15 @@ def _import_frozen(name: str):
         return importlib.import_module(name)
 
 
-def _prove_file(path: str):
-    """The certificate of one spec file, or the `SpecgrowError` that stopped it."""
+def _prove_file(path: str, folder=None):
+    """The certificate of one spec file, or the `SpecgrowError` that stopped it (``folder``: a
+    `specgrow.authoring.FolderCheck` the spec must agree with first)."""
     from specgrow.spec import load_spec
 
     try:
         spec = load_spec(path)
+        if folder is not None:
+            folder(spec)
         return _import_frozen("specgrow.verify.prover").prove_spec(spec)
     except SpecgrowError as err:
         return err
@@ -132,7 +175,8 @@ def _exit_code(outcome) -> int:
 def _check(args) -> int:
     from specgrow.verify.report import FORMATS
 
-    outcomes = [_prove_file(path) for path in args.specs]
+    folder = _folder_check(args.input)
+    outcomes = [_prove_file(path, folder) for path in args.specs]
     sys.stdout.write(FORMATS[args.format](outcomes))
     return max(_exit_code(outcome) for outcome in outcomes)
 
@@ -188,12 +232,12 @@ def _apply(args) -> int:
         prefetch(args.input)
     spec = load_spec(args.spec)
     try:
-        _import_frozen("specgrow.lower.apply")  # torch
+        _import_frozen("specgrow.pipeline.apply")  # torch
     except ImportError:
         _require_torch(unimportable())  # installed, but it does not import
         raise
     _import_frozen("specgrow.verify.prover")  # SymPy, for the plan and the proof
-    from specgrow.lower.dcp import is_dcp
+    from specgrow.lower.dcp_read import is_dcp
     from specgrow.transforms import compile_spec
 
     output_format = args.output_format or ("dcp" if args.input and is_dcp(args.input) else "safetensors")
@@ -201,14 +245,14 @@ def _apply(args) -> int:
         for flag, value in (("--optimizer", args.optimizer), ("--max-shard-size", args.max_shard_size)):
             if value is not None:
                 raise InputError(f"{flag} does not apply to --output-format dcp", path=flag)
-        from specgrow.lower.dcp import grow_dcp_from_env
+        from specgrow.pipeline.dcp import grow_dcp_from_env
 
         grow_dcp_from_env(spec, args.input, args.output, device=args.device, dtype=args.dtype,
                           allow_unproved=args.allow_unproved, overwrite=args.overwrite,
                           log=(lambda *_: None) if args.quiet else print)
         return 0
     plan = compile_spec(spec)
-    from specgrow.lower.apply import ApplyOptions, apply_plan
+    from specgrow.pipeline.apply import ApplyOptions, apply_plan
 
     options = ApplyOptions(
         output=args.output, input=args.input, device=args.device, dtype=args.dtype,
@@ -219,7 +263,7 @@ def _apply(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "check": _check, "prove": _prove, "plan": _plan, "apply": _apply}
+COMMANDS = {"init": _init, "validate": _validate, "check": _check, "prove": _prove, "plan": _plan, "apply": _apply}
 
 
 def main(argv: list[str] | None = None) -> int:

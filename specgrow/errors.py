@@ -1,4 +1,4 @@
-"""One exception root; every user-facing error renders as one located line."""
+"""One exception root; every user-facing error renders as one located line (`SpecErrors`: one per error)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,24 @@ class SpecgrowError(Exception):
 
 class SpecError(SpecgrowError):
     """The spec is malformed or not applicable (exit 1)."""
+
+
+class SpecErrors(SpecError):
+    """Several located errors found together (every disagreement of a spec with a checkpoint
+    folder): rendered one line each, in order; the first one is this error's own location."""
+
+    def __init__(self, errors: list[SpecgrowError]):
+        first = errors[0]
+        super().__init__(first.message, path=first.path, line=first.line, column=first.column)
+        self.errors = list(errors)
+
+    def render(self) -> str:
+        return "\n".join(error.render() for error in self.errors)
+
+
+def each_error(error: SpecgrowError) -> list[SpecgrowError]:
+    """The one-line errors ``error`` holds: its `SpecErrors.errors`, or itself."""
+    return list(getattr(error, "errors", [error]))
 
 
 class InputError(SpecgrowError):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import yaml
 
-from specgrow.lower.apply import grow_state
 from specgrow.lower.numeric import TOLERANCE, logits, tokens_for
+from specgrow.lower.stream import grow_state
 from specgrow.models.reference import build, random_state
 from specgrow.spec import load_spec_text
 from specgrow.transforms import compile_spec

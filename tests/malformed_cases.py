@@ -166,8 +166,8 @@ CASES: list[tuple[str, bytes, str, int]] = [
      r"^stages\[1\].steps\[0\].mlp.layers\[0\]: expected a layer index below 3 .*found 3$", 8),
     ("stage-hf-family-shape", stages("  - at_step: 10", "    steps: [{heads: {add: 2}}]").replace(
         b"model:\n", b"model:\n  arch: llama\n  activation: swiglu\n  position: rope\n"),
-     r"^model.arch: llama configs need hidden divisible by heads .*: the model after stages\[0\] has hidden 64, "
-     r"6 heads in layer 0$", 3),
+     r"^stages\[0\].steps\[0\].heads: llama configs need hidden divisible by heads .*: the model after "
+     r"stages\[0\] has hidden 64, 6 heads in layer 0$", 9),
     # ------------------------------------------------------------ semantics: the model
     ("kv-heads-not-divisor", HEAD.replace(b"heads: 4,", b"heads: 4, kv_heads: 3,") + b"  - mlp: {to: 512}\n",
      r"^model.dims.kv_heads: expected a divisor of heads 4, found 3$", 3),

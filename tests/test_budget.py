@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from specgrow.arch import GPT2, REFERENCE
 from specgrow.cli import main
 from specgrow.lower import budget
-from specgrow.lower.apply import ApplyOptions
 from specgrow.models.reference import random_state
+from specgrow.pipeline.apply import ApplyOptions
 from specgrow.spec import load_spec_text
 from specgrow.transforms import compile_spec
 from tests.helpers import spec_text

@@ -238,13 +238,6 @@ def test_plan_table_lists_blocks(capsys):
     assert "moved unchanged" not in out  # six.yaml inserts at the end: nothing moves
 
 
-def test_lowering_does_not_import_sympy_at_import_time():
-    """DESIGN: lower/ never imports sympy at import time (the IR imports it on first use)."""
-    code = "import sys, specgrow.lower.apply, specgrow.lower.stream\nassert 'sympy' not in sys.modules\n"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-
-
 def test_prove_spec_pauses_the_collector_and_restores_it(monkeypatch):
     import gc
 

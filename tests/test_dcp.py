@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from specgrow.cli import main
-from specgrow.lower.apply import grow_state
+from specgrow.lower.stream import grow_state
 from specgrow.models.reference import random_state
 from specgrow.spec import load_spec
 from specgrow.transforms import compile_spec
@@ -74,8 +74,9 @@ def _grow_ranks(rank: int, world: int, rendezvous: Path, source: Path, folder: P
     """One output rank: grow in small bands, recording the rows of every input read and chunk load."""
     import functools
 
-    import specgrow.lower.dcp as dcp_module
     import specgrow.lower.numeric as numeric
+    import specgrow.pipeline.dcp as dcp_module
+    from specgrow.lower.dcp_read import DcpFiles
     from specgrow.lower.stream import StepSource
 
     _init(rank, world, rendezvous)
@@ -99,8 +100,7 @@ def _grow_ranks(rank: int, world: int, rendezvous: Path, source: Path, folder: P
             return fn(self, name, *args)
         return run
 
-    Files = dcp_module.DcpFiles
-    Files.read_rows, Files._chunk = recording(Files.read_rows, reads), recording(Files._chunk, chunks)
+    DcpFiles.read_rows, DcpFiles._chunk = recording(DcpFiles.read_rows, reads), recording(DcpFiles._chunk, chunks)
     dcp_module._check = in_phase("check", dcp_module._check)
     StepSource._moments_of = in_phase("moments", StepSource._moments_of)
     try:
@@ -186,7 +186,7 @@ def test_huggingface_names_in_dcp_grow_like_apply_on_the_folder(tmp_path, kind):
     transformers = pytest.importorskip("transformers")
     from test_hf import save_tiny, spec_for
 
-    from specgrow.lower.dcp import grow_dcp
+    from specgrow.pipeline.dcp import grow_dcp
 
     save_tiny(kind, tmp_path / "hf", **({"num_key_value_heads": 2} if kind == "llama" else {}))
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
@@ -225,7 +225,7 @@ def test_chunks_of_any_layout_are_read_by_rows(tmp_path):
     from torch.distributed.checkpoint import DefaultSavePlanner
     from torch.distributed.checkpoint.planner import WriteItemType
 
-    from specgrow.lower.dcp import DcpFiles
+    from specgrow.lower.dcp_read import DcpFiles
 
     full = torch.arange(60, dtype=torch.float32).reshape(10, 6)
     boxes = [((0, 0), (4, 3)), ((0, 3), (4, 3)), ((4, 0), (6, 6))]
@@ -261,7 +261,7 @@ def test_chunks_of_any_layout_are_read_by_rows(tmp_path):
 
 def test_world_size_out_must_match_the_process_group(tmp_path):
     from specgrow.errors import InputError
-    from specgrow.lower.dcp import grow_dcp
+    from specgrow.pipeline.dcp import grow_dcp
 
     with pytest.raises(InputError, match="world_size_out 2: this process group has 1 rank"):
         grow_dcp(SIX, None, tmp_path / "out", 2)

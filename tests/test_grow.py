@@ -129,7 +129,7 @@ def test_zero_pad_step_moves_old_coordinates_as_the_old_model(name):
             torch.testing.assert_close(got, want, atol=EXACT, rtol=0)
             copied += 1
         else:  # rescaled (key: sqrt(k'/k), hidden: RMSNorm gains): Adam's step is s × the old one, up to
-            # the fresh gradient's share of v (see specgrow.grow); 1% of a step here
+            # the fresh gradient's share of v (see specgrow.lower.optimizer); 1% of a step here
             torch.testing.assert_close(got, want, atol=0.01 * 1e-3 * scale, rtol=0)
             scaled += 1
     assert copied > 0

@@ -23,12 +23,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
-import specgrow.lower.apply as apply_module
 import specgrow.lower.hashes as hashes
+import specgrow.pipeline.apply as apply_module
 from specgrow.arch.hf import expected_model
 from specgrow.cli import main
 from specgrow.errors import CheckpointError
-from specgrow.lower.dcp import read_metadata
+from specgrow.lower.dcp_read import read_metadata
 from specgrow.lower.safetensors_io import CheckpointFiles, SafetensorsReader
 from specgrow.models.reference import random_state
 from specgrow.spec import load_spec

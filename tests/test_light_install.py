@@ -111,7 +111,7 @@ def test_check_goldens_without_torch_gives_their_verdicts(missing_torch, tmp_pat
         pytest.fail(f"check without torch exited {proc.returncode} with no report: {last}")
     found = {}
     for entry in json.loads(proc.stdout):
-        name = Path(entry.get("spec_path") or entry.get("spec")).name
+        name = Path(entry["spec"]).name
         found[name] = entry.get("verdict") or f"invalid: {entry.get('error')}"
     expected = {p.name: expectation(p)[0] for p in GOLDENS}
     wrong = {name: f"expected {verdict}, found {found.get(name, 'nothing')}"

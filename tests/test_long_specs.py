@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from specgrow.cli import main
-from specgrow.lower.apply import grow_state
-from specgrow.lower.stream import StateSource, chain, whole
+from specgrow.lower.stream import StateSource, chain, grow_state, whole
 from specgrow.models.reference import random_state
 from specgrow.shape import tensor_name
 from specgrow.spec import load_spec_text

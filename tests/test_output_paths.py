@@ -110,7 +110,7 @@ def test_dcp_output_overlapping_its_input_is_refused(tmp_path, capsys):
 
 
 def test_python_api_refuses_an_overlap_too(tmp_path, spec):
-    from specgrow.lower.dcp import grow_dcp
+    from specgrow.pipeline.dcp import grow_dcp
 
     before = snapshot(tmp_path)
     with pytest.raises(InputError, match="overlaps the input"):
@@ -148,7 +148,7 @@ def test_overwrite_replaces_a_folder_and_leaves_no_sibling(tmp_path, spec, capsy
 # 3. a folder that appears at the output while apply runs is never replaced
 
 def test_folder_appearing_during_apply_is_kept(tmp_path, spec, capsys, monkeypatch):
-    import specgrow.lower.apply as apply_module
+    import specgrow.pipeline.apply as apply_module
 
     out = tmp_path / "out"
     write = apply_module.write_checkpoint
@@ -167,17 +167,17 @@ def test_folder_appearing_during_apply_is_kept(tmp_path, spec, capsys, monkeypat
 
 
 def test_folder_appearing_during_a_dcp_apply_is_kept(tmp_path, capsys, monkeypatch):
-    import specgrow.lower.dcp as dcp_module
+    import specgrow.pipeline.dcp as dcp_module
     from tests.test_dcp import SIX
 
     out = tmp_path / "out"
-    save = dcp_module._save
+    save = dcp_module.save_state
 
     def save_while_another_run_publishes(*args):
         out.mkdir()
         return save(*args)
 
-    monkeypatch.setattr(dcp_module, "_save", save_while_another_run_publishes)
+    monkeypatch.setattr(dcp_module, "save_state", save_while_another_run_publishes)
     code, _, err = run(["apply", SIX, "-o", str(out), "--output-format", "dcp", "-q"], capsys)
     assert code == 2 and ERROR_LINE.match(err) and "appeared while apply ran; nothing replaced" in err, err
     assert os.listdir(out) == [] and not list(tmp_path.glob(".out.*"))

@@ -19,7 +19,7 @@ import pytest
 
 import specgrow.verify.report as report
 from specgrow.cli import main
-from specgrow.errors import SpecError
+from specgrow.errors import SpecError, SpecErrors
 from specgrow.spec import load_spec_text
 from specgrow.verify.report import (
     RULES, failures, render_json, render_markdown, render_sarif, render_text, without_versions,
@@ -132,6 +132,24 @@ def test_json_round_trips_certificates_and_errors():
     assert data[1]["steps"][1]["obligations"][0]["residual"] == "gelu(x*W_in_new)*W_out_new"
     assert data[3] == {"spec": "broken.yaml", "error": items[3].message,
                        "line": items[3].line, "column": items[3].column}
+
+
+def test_json_names_the_spec_by_one_key():
+    """Certificates and errors alike name their spec ``spec`` (and `prove --json` too)."""
+    data = json.loads(render_json(outcomes()))
+    assert [entry["spec"] for entry in data] == ["ok.yaml", "bad.yaml", "dunno.yaml", "broken.yaml"]
+    assert all("spec_path" not in entry for entry in data)
+
+
+def test_every_error_of_an_invalid_spec_is_one_entry():
+    both = SpecErrors([SpecError("model.norm_eps: a", path="s.yaml", line=9, column=13),
+                       SpecError("model.bias: b", path="s.yaml", line=15, column=9)])
+    assert both.render() == "s.yaml:9:13: error: model.norm_eps: a\ns.yaml:15:9: error: model.bias: b"
+    assert [e["line"] for e in json.loads(render_json([both]))] == [9, 15]
+    assert render_text([both]).splitlines() == both.render().splitlines() + [
+        "1 spec: 0 PROVED, 0 REFUTED, 0 UNKNOWN, 1 invalid"]
+    results = json.loads(render_sarif([both]))["runs"][0]["results"]
+    assert [r["locations"][0]["physicalLocation"]["region"]["startLine"] for r in results] == [9, 15]
 
 
 # ---------------------------------------------------------------- sarif

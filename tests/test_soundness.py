@@ -60,8 +60,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from specgrow.errors import SpecError
-from specgrow.lower.apply import grow_state
 from specgrow.lower.numeric import compare, logits, tokens_for
+from specgrow.lower.stream import grow_state
 from specgrow.models.reference import build, random_state
 from specgrow.shape import NORM_GAINS, ModelShape
 from specgrow.spec import load_spec_text

@@ -351,17 +351,27 @@ def test_a_bias_list_admits_only_projections():
 LLAMA = "arch: llama\nnorm: rmsnorm\nactivation: swiglu\nposition: rope"
 
 
-@pytest.mark.parametrize("model,steps,message", [
-    (LLAMA, "  - key: {to: 32}\n", "llama has one head_dim for queries, keys and values: grow key and value "
-                                   "together (layer 0 of the grown model has key 32, value 16)"),
-    (LLAMA, "  - heads: {add: 2}\n", "llama configs need hidden divisible by heads"),
-    ("arch: gpt2\nnorm: layernorm", "  - hidden: {to: 128, method: duplicate}\n",
-     "gpt2 needs heads x head_dim = hidden and no kv grouping: layer 0 of the grown model has 4 heads of 16"),
+@pytest.mark.parametrize("model,steps,message,line", [
+    (LLAMA, "  - key: {to: 32}\n  - mlp: {to: 512}\n",
+     "steps[0].key: llama has one head_dim for queries, keys and values: grow key and value "
+     "together (layer 0 of the grown model has key 32, value 16)", 9),
+    (LLAMA, "  - mlp: {to: 512}\n  - heads: {add: 2}\n", "steps[1].heads: llama configs need hidden divisible by heads",
+     10),
+    ("arch: gpt2\nnorm: layernorm", "  - hidden: {to: 128, method: duplicate}\n  - mlp: {to: 512}\n",
+     "steps[0].hidden: gpt2 needs heads x head_dim = hidden and no kv grouping: layer 0 of the grown model has "
+     "4 heads of 16", 7),
 ])
-def test_hf_families_refuse_shapes_their_config_cannot_express(model, steps, message):
+def test_hf_families_refuse_shapes_their_config_cannot_express(model, steps, message, line):
+    """Located at the step that leaves the shape: the last one to change a width involved."""
     with pytest.raises(SpecError, match=re.escape(message)) as caught:
         spec_of(steps, model=model)
-    assert caught.value.line == 4  # located at model.arch
+    assert (caught.value.line, caught.value.column) == (line, 5)
+
+
+def test_a_shape_of_the_original_model_is_located_at_model_arch():
+    with pytest.raises(SpecError, match=re.escape("model.arch: llama has one head_dim")) as caught:
+        spec_of("  - mlp: {to: 512}\n", model=LLAMA, dims=", key: 16, value: 8")
+    assert caught.value.line == 4
 
 
 def test_hf_families_pad_partially_grown_layers_to_one_width():

@@ -83,9 +83,9 @@ def test_spec_config_mismatch_is_one_error_nothing_written(tmp_path, llama_folde
 
 
 @pytest.mark.parametrize("fault,message", [
-    ("missing", "tensor 'model.layers.1.mlp.up_proj.weight' of the spec's model is missing from the input"),
+    ("missing", "tensor 'model.layers.1.mlp.up_proj.weight' of the spec's model is missing from the checkpoint"),
     ("dtype", "expected a floating-point dtype, found int32"),
-    ("extra", "the input has 1 tensor(s) the spec's model does not, e.g. 'model.extra'"),
+    ("extra", "the checkpoint holds tensor 'model.extra', which the spec's model does not have"),
     ("truncated", "truncated safetensors file"),
 ])
 def test_broken_checkpoint_is_one_error_nothing_written(tmp_path, llama_folder, capsys, fault, message):

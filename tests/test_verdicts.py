@@ -95,7 +95,7 @@ def test_what_floating_point_cannot_keep_is_refused_at_validation(step, bound):
 
 def test_the_largest_allowed_noise_passes_apply_check_in_float32_and_bfloat16():
     """At the bound (0.1) the cancelling copies round apart well within apply's tolerance."""
-    from specgrow.lower.apply import grow_state
+    from specgrow.lower.stream import grow_state
     from specgrow.lower.numeric import compare, logits, tokens_for
     from specgrow.models.reference import random_state
     from specgrow.transforms import compile_spec

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from specgrow.ir import Old, Random
-from specgrow.lower.apply import grow_state
-from specgrow.lower.stream import indices, outer
+from specgrow.lower.stream import grow_state, indices, outer
 from specgrow.models.reference import build, random_state as torch_random_state
 from specgrow.shape import LayerShape, ModelShape, tensor_name
 from specgrow.transforms import compile_spec

@@ -4,8 +4,10 @@
 spec's own bounds), so that a wrong value is one line naming the key, not a failure later.
 `expected_model` reads the fields a spec restates (dims, norm, activation, positions,
 biases, ...) so that `cross_check` can refuse a spec that describes another model before
-anything is written. `grown_config` rewrites the width and depth keys and keeps the rest;
-RoPE is written both as ``rope_parameters`` and as the legacy ``rope_theta``/``rope_scaling``.
+anything is written; `cross_check_all` reports every disagreement with a folder at once, its
+config and its tensors' shapes, each at its line in the spec. `grown_config` rewrites the
+width and depth keys and keeps the rest; RoPE is written both as ``rope_parameters`` and as
+the legacy ``rope_theta``/``rope_scaling``.
 
 >>> cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
 ...        "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 100, "max_position_embeddings": 32,
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
-from specgrow.errors import CheckpointError
-from specgrow.shape import ModelShape
+from specgrow.arch import FAMILIES, stored_shape
+from specgrow.errors import CheckpointError, InputError, SpecError, SpecErrors
+from specgrow.shape import GLOBAL_ROLES, LAYER_ROLES, ModelShape
 from specgrow.spec.schema import load_schema
 from specgrow.spec.types import PROJECTIONS
 
@@ -223,26 +227,199 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
     }
 
 
-def cross_check(model, config: dict, path: str) -> None:
-    """`CheckpointError` at the first field where the spec's ``model`` and the config disagree."""
-    expected = expected_model(config, path)
+def mismatches(model, config: dict, path: str) -> list[tuple[str, object, object]]:
+    """``(field, the spec's value, the config's value)`` of every field of the spec's ``model`` that
+    disagrees with the config, in the order of `expected_model` (e.g. ``model.dims.mlp``)."""
     found = {"arch": model.arch, "dims": vars(model.dims), "norm": model.norm, "norm_eps": model.norm_eps,
              "activation": model.activation, "position": model.position, "rope_theta": model.rope_theta,
              "final_norm": model.final_norm, "tie_embeddings": model.tie_embeddings, "bias": model.bias}
-    for key, want in expected.items():
-        items = want.items() if isinstance(want, dict) else [(None, want)]
-        for sub, value in items:
+    out = []
+    for key, want in expected_model(config, path).items():
+        for sub, value in want.items() if isinstance(want, dict) else [(None, want)]:
             have = found[key][sub] if sub else found[key]
             same = math.isclose(have, value, rel_tol=1e-9) if isinstance(value, float) else have == value
             if not same:
-                name = f"model.{key}.{sub}" if sub else f"model.{key}"
-                shown = list(value) if isinstance(value, tuple) else value
-                raise CheckpointError(f"{name}: the spec says {_show(have)}, but config.json describes "
-                                      f"{_show(shown)}; restate the model as the checkpoint has it", path=path)
+                out.append((f"model.{key}.{sub}" if sub else f"model.{key}", have, value))
+    return out
 
 
-def _show(value) -> str:
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
+def cross_check(model, config: dict, path: str) -> None:
+    """`CheckpointError` at the first field where the spec's ``model`` and the config disagree."""
+    wrong = mismatches(model, config, path)
+    if wrong:
+        name, have, want = wrong[0]
+        raise CheckpointError(f"{name}: the spec says {_spec_value(name, have)}, but config.json describes "
+                              f"{_config_value(name, want)}; restate the model as the checkpoint has it", path=path)
+
+
+def folder_config(folder) -> dict:
+    """The validated config.json of the HuggingFace folder ``folder``; one-line errors for a missing
+    folder, a missing or broken config.json, or an unsupported model_type."""
+    where = Path(folder)
+    if not where.is_dir():
+        problem = "is not a folder" if where.exists() else "does not exist"
+        raise InputError(f"'{folder}' {problem}: expected a HuggingFace checkpoint folder with config.json",
+                         path=str(folder))
+    config = read_config(where)
+    validate_config(config, str(where / "config.json"))
+    return config
+
+
+def cross_check_all(spec, folder, shapes: dict | None = None) -> list[SpecError]:
+    """Every disagreement between ``spec``'s model and the HuggingFace ``folder``, each one line
+    located at its field in the spec, in file order: the fields config.json describes, then the
+    tensors (``shapes``: each stored tensor's name -> shape, e.g. from the safetensors headers;
+    None checks config.json alone). A tensor whose difference a config field already explains is
+    not reported again; with another arch, tensors are not compared at all."""
+    config = folder_config(folder)
+    wrong = mismatches(spec.model, config, str(Path(folder) / "config.json"))
+    found = [(name, f"the spec says {_written_value(spec, name, have)}, but config.json describes "
+                    f"{_config_value(name, want)}") for name, have, want in wrong]
+    explained = {name for name, _, _ in wrong}
+    if shapes is not None and "model.arch" not in explained:
+        found += [(name, message) for name, message, causes in tensor_mismatches(spec.model, shapes)
+                  if not explained & {name, *causes}]
+    errors = [_at(spec, name, message) for name, message in found]
+    return sorted(errors, key=lambda error: (error.line, error.column))
+
+
+def refuse_mismatches(spec, folder, shapes: dict | None = None) -> None:
+    """`SpecErrors` with every line of `cross_check_all`, if there is any."""
+    errors = cross_check_all(spec, folder, shapes)
+    if errors:
+        raise SpecErrors(errors)
+
+
+def _at(spec, name: str, message: str) -> SpecError:
+    mark = spec.written(name).mark
+    return SpecError(f"{name}: {message}", path=spec.path, line=mark.line, column=mark.column)
+
+
+def _written_value(spec, name: str, have) -> str:
+    """The spec's value of field ``name`` as written (the default, said so, when left out)."""
+    written = spec.written(name)
+    if not written.given:
+        return f"{_spec_value(name, have)} (not written: the default)"
+    if name == "model.bias" and isinstance(written.value, bool):
+        return f"{_plain(written.value)} ({_bias_words(have)})"
+    return _plain(written.value)
+
+
+def _spec_value(name: str, value) -> str:
+    if name == "model.bias" and value in ((), PROJECTIONS):
+        return f"{_plain(bool(value))} ({_bias_words(value)})"
+    return _plain(value)
+
+
+def _config_value(name: str, value) -> str:
+    return _bias_words(value) if name == "model.bias" else _plain(value)
+
+
+def _bias_words(projections: tuple[str, ...]) -> str:
+    return f"biases on {', '.join(projections)}" if projections else "no biases"
+
+
+def _plain(value) -> str:
+    """A spec value as YAML would show it: ``true``, ``1e-05``, ``swiglu``, ``[q, k]``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_plain, value)) + "]"
+    return str(value)
+
+
+# ------------------------------------------------------------------ tensors against the spec's model
+SPACE_DIMS = {"residual": ("hidden",), "vocab": ("vocab",), "positions": ("positions",), "mlp": ("mlp",),
+              "q": ("heads", "key"), "k": ("kv_heads", "key"), "v": ("kv_heads", "value"), "o": ("heads", "value")}
+
+
+def tensor_mismatches(model, shapes: dict) -> list[tuple[str, str, tuple[str, ...]]]:
+    """``(field, message, causes)`` for each kind of disagreement between the stored tensors
+    ``shapes`` (name -> shape) and those of the spec's ``model``: one line per field and kind
+    (missing, unexpected, of another shape), naming the first tensor and how many more. ``causes``
+    are the fields that could explain it (the dims of an axis of another size)."""
+    family, shape = FAMILIES[model.arch], ModelShape.from_spec(model)
+    prefix = family.prefix_of(shapes)
+    try:
+        stored = family.stored_tensors(shape, prefix)
+    except ValueError as exc:  # e.g. GPT-2's fused c_attn.bias with a bias on q only
+        return [("model.bias", str(exc), ())]
+    present = {_parse(family, prefix, name)[1] for name in shapes}  # the layers the checkpoint has
+    found = []  # (field, kind, name, detail, causes)
+    for name, item, layer in stored:
+        want = stored_shape(item, shape, layer)
+        if name not in shapes:
+            field = "model.dims.layers" if layer is not None and layer not in present else _field_of(item)
+            found.append((field, "missing", name, None, ()))
+        elif tuple(shapes[name]) != want:
+            causes = _dims_of(item, layer, want, tuple(shapes[name]))
+            field = f"model.dims.{causes[0]}" if len(causes) == 1 else "model.dims"
+            found.append((field, "shape", name, (want, tuple(shapes[name])), tuple(f"model.dims.{d}" for d in causes)))
+    expected = {name for name, _, _ in stored}
+    if shape.tie_embeddings:  # a tied checkpoint may still store the head
+        expected.add(family.name_of(family.stored_of("unembed.weight", None), None, prefix))
+    for name in shapes:
+        if name not in expected and not family.is_ignored(name):
+            item, layer = _parse(family, prefix, name)
+            beyond = layer is not None and layer >= len(shape.layers)
+            field = "model.dims.layers" if beyond else "model.arch" if item is None else _field_of(item)
+            found.append((field, "extra", name, None, ()))
+    return _grouped(found)
+
+
+def _grouped(found: list) -> list[tuple[str, str, tuple[str, ...]]]:
+    groups: dict = {}
+    for field, kind, name, detail, causes in found:
+        groups.setdefault((field, kind), []).append((name, detail, causes))
+    out = []
+    for (field, kind), items in groups.items():
+        name, detail, causes = items[0]
+        more = f" (and {len(items) - 1} more like it)" if len(items) > 1 else ""
+        if kind == "missing":
+            message = f"tensor '{name}'{more} of the spec's model is missing from the checkpoint"
+        elif kind == "extra":
+            message = f"the checkpoint holds tensor '{name}'{more}, which the spec's model does not have"
+        else:
+            by = f" (set by {', '.join(c.rpartition('.')[2] for c in causes)})" if len(causes) > 1 else ""
+            message = (f"tensor '{name}'{more} has shape {list(detail[1])} in the checkpoint, the spec's model "
+                       f"expects {list(detail[0])}{by}")
+        out.append((field, message, causes))
+    return out
+
+
+def _parse(family, prefix: str, name: str):
+    """``(stored, layer)`` of a stored tensor's name by the family's table; ``(None, None)`` if none fits."""
+    for item in family.globals:
+        if name == family.name_of(item, None, prefix):
+            return item, None
+    for item in family.layer:
+        pattern = re.escape(family.name_of(item, 0, prefix)).replace(r"\.0\.", r"\.(\d+)\.", 1)
+        match = re.fullmatch(pattern, name)
+        if match:
+            return item, int(match.group(1))
+    return None, None
+
+
+def _field_of(item) -> str:
+    """The model field that decides whether a stored tensor exists."""
+    role = item.roles[0]
+    if role.endswith("norm.bias"):
+        return "model.norm"
+    if role.startswith("final_norm."):
+        return "model.final_norm"
+    if role.endswith(".bias"):
+        return "model.bias"
+    return {"pos.weight": "model.position", "unembed.weight": "model.tie_embeddings",
+            "mlp.gate.weight": "model.activation"}.get(role, "model.arch")
+
+
+def _dims_of(item, layer: int | None, want: tuple, got: tuple) -> tuple[str, ...]:
+    """The dims that size the axes where ``got`` differs from ``want`` (every axis if their ranks differ)."""
+    spaces = [(GLOBAL_ROLES if layer is None else LAYER_ROLES)[role] for role in item.roles]
+    axes = [[d for s in spaces for d in SPACE_DIMS[s[0]]]] + [list(SPACE_DIMS[s]) for s in spaces[0][1:]]
+    axes = axes[::-1] if item.transposed else axes
+    wrong = range(len(axes)) if len(got) != len(want) else [i for i in range(len(want)) if got[i] != want[i]]
+    return tuple(dict.fromkeys(d for i in wrong for d in axes[i]))
 
 
 def layer_origins(spec) -> list[int]:

@@ -1,6 +1,6 @@
 """What ``specgrow apply`` needs of memory, disk and device memory, checked before it starts.
 
-The estimates count what `specgrow.lower.apply` holds: the reference model it builds in
+The estimates count what `specgrow.pipeline.apply` holds: the reference model it builds in
 memory when there is no ``--input`` (float32, plus the largest tensor while it is drawn);
 the stored tensors read or written whole (GPT-2's fused and Conv1D tensors: the largest input
 one, once per reader, and the largest output one, assembled, transposed and queued); a few

@@ -2,10 +2,12 @@
 
 `RoleSource` shows a checkpoint's stored tensors (any family of `specgrow.arch`) as the
 roles of a `ModelShape`, checking every name, shape and dtype up front and reading rows
-lazily. `write_checkpoint` pulls each stored tensor of the grown model from a source band
-by band into streaming safetensors writers (one file, or shards with an index). Outputs go
-to a temporary sibling folder that is renamed into place only when everything succeeded;
-the input is only ever opened for reading.
+lazily; `MemoryTensors` gives named tensors in memory the same read API, and
+`stored_tensors` assembles a family's stored tensors whole from roles (`unshared` copies
+those that share memory with an input). `write_checkpoint` pulls each stored tensor of the
+grown model from a source band by band into streaming safetensors writers (one file, or
+shards with an index). Outputs go to a temporary sibling folder that is renamed into place
+only when everything succeeded; the input is only ever opened for reading.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from specgrow.arch import Family, stored_shape
 from specgrow.errors import CheckpointError
 from specgrow.lower.hashes import WEIGHT_SUFFIXES
 from specgrow.lower.links import leaves
-from specgrow.lower.safetensors_io import SafetensorsWriter, index_json, plan_shards, shard_names, tensor_bytes
+from specgrow.lower.safetensors_io import (
+    SafetensorsWriter, _Tensors, index_json, plan_shards, shard_names, tensor_bytes,
+)
 from specgrow.lower.stream import bands, whole
 from specgrow.publish import output_target, publish, refuse_overlap
 from specgrow.shape import ModelShape
@@ -113,6 +117,43 @@ class RoleSource:
         if key not in self.where:
             raise CheckpointError(f"the model has no tensor {key[0]} (layer {key[1]})", path=self.path)
         return self.where[key]
+
+
+class MemoryTensors(_Tensors):
+    """In-memory named tensors with the read API of checkpoint files (`RoleSource` reads them)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def _info(self, name: str) -> tuple:
+        t = self.tensors[name]
+        return t.dtype, tuple(t.shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.tensors[name][start:stop]
+
+    def close(self) -> None:
+        pass
+
+
+def stored_tensors(source, family: Family, prefix: str, shape: ModelShape) -> dict[str, torch.Tensor]:
+    """The tensors a ``family`` checkpoint of ``shape`` stores, assembled whole from a role ``source``."""
+    out = {}
+    for name, stored, layer in family.stored_tensors(shape, prefix):
+        parts = [whole(source, (role, layer)) for role in stored.roles]
+        value = parts[0] if len(parts) == 1 else torch.cat(parts)
+        out[name] = value.T.contiguous() if stored.transposed else value
+    return out
+
+
+def unshared(tensors: dict, inputs) -> dict:
+    """``tensors`` with every one that shares memory with an input tensor copied (the input stays untouched)."""
+    taken = {t.untyped_storage().data_ptr() for t in inputs if t.device.type != "meta"}
+    return {name: t.clone() if t.device.type != "meta" and t.untyped_storage().data_ptr() in taken else t
+            for name, t in tensors.items()}
 
 
 class Progress:

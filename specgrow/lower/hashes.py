@@ -46,6 +46,17 @@ def sha256_later(path) -> Future:
         return future
 
 
+def hash_in_background(paths) -> dict:
+    """``{file name: future sha256}``, hashed on the worker thread while the caller works
+    (files `prefetch` started on are not hashed twice)."""
+    return {p.name: sha256_later(p) for p in paths}
+
+
+def resolved(value):
+    """``value`` with the futures of a `hash_in_background` dict waited for (anything else as it is)."""
+    return {name: future.result() for name, future in value.items()} if isinstance(value, dict) else value
+
+
 def prefetch(path) -> None:
     """Start hashing the weight file ``path``, or the weight files in folder ``path``.
 

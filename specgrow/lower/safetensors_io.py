@@ -488,6 +488,16 @@ class _StateDictFile(_Tensors):
         self._tensors = {}
 
 
+def header_shapes(folder) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor's shape in a folder's safetensors weights (``model.safetensors``, or the shards
+    its index lists), read from their headers alone; None when the folder holds no safetensors weights."""
+    where = Path(folder)
+    if not any((where / name).is_file() for name in (SINGLE_FILE, INDEX_FILE)):
+        return None
+    with CheckpointFiles(where) as files:
+        return {name: files.shape(name) for name in files.names()}
+
+
 class CheckpointFiles(_Tensors):
     """Every tensor of a checkpoint folder or file, by name, whatever file holds it.
 

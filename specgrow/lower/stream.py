@@ -354,6 +354,17 @@ def chain(source, steps, device):
     return StepSource(source, steps, device) if steps else source
 
 
+def grow_state(state, plan, device) -> list[dict[str, torch.Tensor]]:
+    """The named state after each step of a concrete plan, in memory (first: the input on ``device``)."""
+    source = StateSource.of_state(state, plan.before, device)
+    states = [{tensor_name(*key): t for key, t in source.tensors.items()}]
+    for step in plan.steps:
+        grown = chain(source, [step], device)
+        source = StateSource({key: whole(grown, key) for key in grown.keys()})
+        states.append({tensor_name(*key): t for key, t in source.tensors.items()})
+    return states
+
+
 def _tile_seed(seed: int, tile: int) -> int:
     return (seed * 0x9E3779B97F4A7C15 + tile * 0xBF58476D1CE4E5B9) % (1 << 63)
 

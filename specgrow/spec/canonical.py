@@ -8,7 +8,7 @@ raw YAML.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from specgrow.errors import SpecError
@@ -35,11 +35,18 @@ from specgrow.spec.types import (
     Step,
     Uniform,
     ValueStep,
+    Written,
     Zeros,
 )
 from specgrow.spec.yaml_loader import Document, KeyPath
 
 MAX_LAYERS = 4096
+MODEL_FIELDS = ("arch", "dims", *(f"dims.{f.name}" for f in fields(Dims)), "norm", "norm_eps", "activation",
+                "position", "rope_theta", "final_norm", "tie_embeddings", "bias")
+# the widths each step kind changes: a shape a HF config cannot express is blamed on the last step
+# that changed one of the widths involved
+CHANGES = {"mlp": ("mlp",), "heads": ("heads", "kv_heads"), "value": ("value",), "key": ("key",),
+           "hidden": ("hidden",), "layers": ()}
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,9 @@ def build_spec(doc: Document, sha256: str) -> Spec:
     layer = LayerShape(dims.mlp, dims.heads, dims.kv_heads, dims.key, dims.value)
     grower = _Grower(doc, model, Shape(dims.hidden, (layer,) * dims.layers))
     if model.arch != "reference":
-        _check_family(doc, model.arch, grower.shape, "the original model")
+        problem = _family_problem(model.arch, grower.shape, "the original model")
+        if problem is not None:
+            raise _fail(doc, ("model", "arch"), problem[1])
     stages = []
     if "stages" in data:
         previous = None
@@ -89,7 +98,24 @@ def build_spec(doc: Document, sha256: str) -> Spec:
         step_marks=tuple(grower.marks),
         step_padding=tuple(grower.padding),
         stages=tuple(stages),
+        model_written=_written(doc),
     )
+
+
+def _written(doc: Document) -> tuple[tuple[str, Written], ...]:
+    """Every field of `MODEL_FIELDS` as the file has it (`Spec.model_written`)."""
+    out = []
+    for name in MODEL_FIELDS:
+        path = ("model", *name.split("."))
+        if path in doc.value_marks:
+            value = doc.data
+            for key in path:
+                value = value[key]
+            value = tuple(value) if isinstance(value, list) else None if isinstance(value, dict) else value
+            out.append((f"model.{name}", Written(doc.value_marks[path], True, value)))
+        else:  # left out: at the key of the section that would hold it (model and dims are required)
+            out.append((f"model.{name}", Written(doc.key_mark(path[:-1]), False)))
+    return tuple(out)
 
 
 class _Grower:
@@ -101,6 +127,7 @@ class _Grower:
         self.steps: list[Step] = []
         self.marks: list[Mark] = []
         self.padding: list[bool] = []
+        self.changed: dict[str, tuple[int, KeyPath]] = {}  # width -> (number, path) of the last step changing it
 
     def grow(self, prefix: KeyPath, items: list, result: str) -> None:
         """Check and add the steps at ``prefix + ("steps",)``; for HF families, then pad every
@@ -109,11 +136,22 @@ class _Grower:
             ((kind, raw),) = item.items()
             path = prefix + ("steps", index)
             self.add(path + (kind,), kind, raw, self.doc.mark(path), False)
+            self.changed.update(dict.fromkeys(CHANGES[kind], (len(self.steps), path + (kind,))))
         arch = self.model.arch
         if arch != "reference":
             for kind, raw in uniform_steps(self.shape):
                 self.add(("model", "arch"), kind, raw, self.doc.mark(("model", "arch")), True)
-            _check_family(self.doc, arch, self.shape, result)
+            problem = _family_problem(arch, self.shape, result)
+            if problem is not None:
+                raise self.blame(*problem)
+
+    def blame(self, widths: tuple[str, ...], message: str) -> SpecError:
+        """The error of a shape a HF config cannot express, at the last step that changed one of ``widths``."""
+        culprits = [self.changed[width] for width in widths if width in self.changed]
+        if not culprits:
+            return _fail(self.doc, ("model", "arch"), message)
+        path = max(culprits)[1]
+        return self.doc.error(path[:-1], f"{format_path(path)}: {message}")
 
     def add(self, path: KeyPath, kind: str, raw: dict, mark: Mark, padding: bool) -> None:
         step, self.shape = getattr(self.checker, kind)(path, raw, self.shape)
@@ -142,22 +180,23 @@ def uniform_steps(shape: Shape):
                 yield kind, {"to": target, "layers": layers}
 
 
-def _check_family(doc: Document, arch: str, shape: Shape, model: str) -> None:
-    """The widths a HuggingFace config can express: one head_dim; hidden divisible by heads (LLaMA),
-    equal to heads x head_dim (GPT-2). ``model`` names the model checked, e.g. "the grown model"."""
+def _family_problem(arch: str, shape: Shape, model: str) -> tuple[tuple[str, ...], str] | None:
+    """The first width a HuggingFace config cannot express, as (the widths involved, the message):
+    one head_dim; hidden divisible by heads (LLaMA), equal to heads x head_dim (GPT-2). ``model``
+    names the model checked, e.g. "the grown model"."""
     for i, layer in enumerate(shape.layers):
         if layer.key != layer.value:
-            raise _fail(doc, ("model", "arch"), f"{arch} has one head_dim for queries, keys and values: "
-                        f"grow key and value together (layer {i} of {model} has key {layer.key}, "
-                        f"value {layer.value})")
+            return ("key", "value"), (f"{arch} has one head_dim for queries, keys and values: grow key and value "
+                                      f"together (layer {i} of {model} has key {layer.key}, value {layer.value})")
         if arch == "llama" and shape.hidden % layer.heads:
-            raise _fail(doc, ("model", "arch"), "llama configs need hidden divisible by heads (transformers "
-                        f"refuses the config otherwise): {model} has hidden {shape.hidden}, "
-                        f"{layer.heads} heads in layer {i}")
+            return ("hidden", "heads"), ("llama configs need hidden divisible by heads (transformers refuses the "
+                                         f"config otherwise): {model} has hidden {shape.hidden}, "
+                                         f"{layer.heads} heads in layer {i}")
         if arch == "gpt2" and (layer.heads * layer.key != shape.hidden or layer.kv_heads != layer.heads):
-            raise _fail(doc, ("model", "arch"), "gpt2 needs heads x head_dim = hidden and no kv grouping: "
-                        f"layer {i} of {model} has {layer.heads} heads of {layer.key} "
-                        f"({layer.kv_heads} kv heads) for hidden {shape.hidden}")
+            return ("hidden", "heads", "key"), ("gpt2 needs heads x head_dim = hidden and no kv grouping: "
+                                                f"layer {i} of {model} has {layer.heads} heads of {layer.key} "
+                                                f"({layer.kv_heads} kv heads) for hidden {shape.hidden}")
+    return None
 
 
 class _Checker:

@@ -96,17 +96,23 @@ def _translate(doc: Document, error) -> _Located:
     if _is_step(path, error.schema):
         return _step_error(doc, path, value, kind)
     if kind == "additionalProperties":
-        unknown = next(key for key in value if key not in error.schema.get("properties", {}))
-        allowed = ", ".join(sorted(error.schema.get("properties", {})))
-        return _Located(
-            doc, path, f"unknown key {unknown!r} (expected one of: {allowed})", at=path + (unknown,)
-        )
+        return _unknown_key(doc, path, value, error.schema)
     if kind == "required":
+        if error.schema.get("additionalProperties") is False and set(value) - set(error.schema.get("properties", {})):
+            return _unknown_key(doc, path, value, error.schema)  # `too: 256` is the cause of a missing `to`
         missing = next(key for key in expected if key not in value)
         return _Located(doc, path, f"missing required key {missing!r}")
     if kind == "not":
         return _Located(doc, path, error.schema["description"], at=path)
     return _Located(doc, path, _expected_found(kind, expected, value))
+
+
+def _unknown_key(doc: Document, path: KeyPath, value: dict, schema: dict) -> _Located:
+    """The first key of ``value`` that ``schema`` does not know, at that key."""
+    known = schema.get("properties", {})
+    unknown = next(key for key in value if key not in known)
+    allowed = ", ".join(sorted(known))
+    return _Located(doc, path, f"unknown key {unknown!r} (expected one of: {allowed})", at=path + (unknown,))
 
 
 def _steps_or_stages(doc: Document, value: dict) -> _Located:

@@ -196,6 +196,19 @@ class Mark:
 
 
 @dataclass(frozen=True)
+class Written:
+    """A field of the spec's ``model`` section as the file has it.
+
+    ``given`` False: the field is left out and takes its default; ``mark`` is then the key of
+    the section that would hold it (``model:`` or ``dims:``), and ``value`` is None.
+    """
+
+    mark: Mark
+    given: bool
+    value: object = None  # as written (a list kept as a tuple); None for the dims mapping itself
+
+
+@dataclass(frozen=True)
 class Stage:
     """One stage of a growth plan (a spec with top-level ``stages``).
 
@@ -223,6 +236,13 @@ class Spec:
     # one, since HF configs are uniform: at the end of the spec, or of each stage
     step_padding: tuple[bool, ...] = ()
     stages: tuple[Stage, ...] = ()  # the growth plan; empty for a spec with top-level `steps`
+    # every field of `model` ("model.norm_eps", "model.dims.hidden", and "model.dims" itself)
+    # as written: where, and the value, so that a checkpoint's disagreement is located
+    model_written: tuple[tuple[str, Written], ...] = ()
+
+    def written(self, name: str) -> Written:
+        """How the model field ``name`` (e.g. ``model.dims.hidden``) is written in the spec."""
+        return dict(self.model_written)[name]
 
     def is_padding(self, index: int) -> bool:
         """Whether ``steps[index]`` was added to pad every layer to one width."""

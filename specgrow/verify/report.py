@@ -17,7 +17,7 @@ from typing import NamedTuple, Union
 from urllib.parse import quote
 
 from specgrow import __version__
-from specgrow.errors import SpecgrowError
+from specgrow.errors import SpecgrowError, each_error
 from specgrow.verify.result import Certificate, Counterexample, Obligation, StageProof, StepProof, Verdict
 
 Outcome = Union[Certificate, SpecgrowError]
@@ -131,7 +131,7 @@ def spec_lines(outcome: Outcome) -> list[str]:
     """The text report of one spec: its verdict line (then, for a growth plan, one line per
     stage), then one located line per failure."""
     if isinstance(outcome, SpecgrowError):
-        return [outcome.render()]
+        return [error.render() for error in each_error(outcome)]
     cert = outcome
     lines = [f"{cert.spec_path}: {cert.verdict.value} ({_plural(len(cert.steps), 'step')}, "
              f"{_plural(obligation_count(cert), 'obligation')}, {cert.seconds:.2f} s)"]
@@ -156,9 +156,16 @@ def _error_dict(err: SpecgrowError) -> dict:
     return {"spec": err.path, "error": _one_line(err.message), "line": err.line, "column": err.column}
 
 
+def _json_entries(outcome: Outcome) -> list[dict]:
+    if isinstance(outcome, SpecgrowError):
+        return [_error_dict(error) for error in each_error(outcome)]
+    return [outcome.as_dict()]
+
+
 def render_json(outcomes: list[Outcome]) -> str:
-    """A JSON list: `Certificate.as_dict()` per proved spec, ``{"spec", "error", "line", "column"}`` per invalid one."""
-    data = [_error_dict(o) if isinstance(o, SpecgrowError) else o.as_dict() for o in outcomes]
+    """A JSON list: `Certificate.as_dict()` per proved spec, ``{"spec", "error", "line", "column"}`` per
+    error of an invalid one (each spec named by the key ``spec``)."""
+    data = [entry for outcome in outcomes for entry in _json_entries(outcome)]
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -185,8 +192,8 @@ def _sarif_result(rule: str, message: str, path: str, line: int, column: int) ->
 
 def _sarif_results(outcome: Outcome) -> list[dict]:
     if isinstance(outcome, SpecgrowError):
-        return [_sarif_result("specgrow/invalid", _one_line(outcome.message), outcome.path,
-                              outcome.line, outcome.column)]
+        return [_sarif_result("specgrow/invalid", _one_line(error.message), error.path, error.line, error.column)
+                for error in each_error(outcome)]
     cert = outcome
     results = []
     for f in failures(cert):

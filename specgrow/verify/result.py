@@ -132,8 +132,10 @@ class Certificate:
     floating_point: str = FLOAT_PROMISE  # what PROVED promises about floating point, and why
 
     def as_dict(self) -> dict:
-        """Plain JSON data; the stage fields appear only for a spec with stages."""
+        """Plain JSON data, the spec's path under ``spec`` (as in every JSON output); the stage
+        fields appear only for a spec with stages."""
         data = asdict(self)
+        data = {"spec": data.pop("spec_path"), **data}
         if data["counterexample"] is not None and self.counterexample.stage is None:
             del data["counterexample"]["stage"]
         if not self.stages:

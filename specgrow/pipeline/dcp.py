@@ -1,0 +1,130 @@
+"""``specgrow apply`` into a torch.distributed checkpoint (DCP), run by every output rank.
+
+Rank 0 proves the spec; every rank opens the input (a DCP folder is read chunk by chunk,
+`specgrow.lower.dcp_read`) and saves its even ``Shard(0)`` share of rows of every grown
+tensor, band by band (`specgrow.lower.dcp_write`); rank 0 then compares the logits of the
+input with those of the files written, read back band by band, and adds the certificate and
+the manifest before the folder is renamed into place. An error on any rank is raised on
+every rank, and the output folder appears complete, or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from specgrow.errors import InputError
+from specgrow.lower.checkpoint import RoleSource, atomic_directory
+from specgrow.lower.dcp_read import METADATA, DcpFiles, is_dcp
+from specgrow.lower.dcp_write import BAND_BYTES, Ranks, band_planner, meta_state, save_state, stored_rows
+from specgrow.lower.hashes import sha256_file
+from specgrow.lower.inputs import open_dcp, open_input
+from specgrow.lower.numeric import compare, streamed_logits, tokens_for
+from specgrow.lower.stream import chain
+from specgrow.pipeline.apply import DTYPES, resolve_device
+from specgrow.pipeline.check import first_failing_step, refuse_or_warn
+from specgrow.pipeline.proof import prove, summary
+from specgrow.pipeline.record import build_manifest, write_record
+
+
+def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: str = "cpu",
+             dtype: str | None = None, allow_unproved: bool = False, overwrite: bool = False,
+             check: bool = True, band_bytes: int = BAND_BYTES, log=print) -> dict | None:
+    """Grow ``input`` by ``spec`` into a DCP folder ``output``; run by every output rank.
+
+    ``spec`` is a `Spec` or a spec file. ``input`` is anything ``specgrow apply`` reads, a DCP
+    folder included (``None``: the reference model from the spec's seed). Ranks are those of
+    the default process group (``world_size_out`` must equal its size), or this process alone
+    when none is initialized. Rank 0 proves the spec and, unless ``check`` is false, compares
+    the logits of the input with those of the files written (read back band by band); the
+    output folder appears complete, or not at all. Returns the manifest on rank 0.
+    """
+    from specgrow.spec import Spec, load_spec
+    from specgrow.transforms import compile_spec
+
+    ranks = Ranks()
+    if world_size_out is not None and world_size_out != ranks.world:
+        raise InputError(f"world_size_out {world_size_out}: this process group has {ranks.world} rank(s) "
+                         "(start one process per output rank, e.g. with torchrun)", path="grow_dcp")
+    log = log if ranks.rank == 0 and log is not None else (lambda *_: None)
+    spec = ranks.run(lambda: spec if isinstance(spec, Spec) else load_spec(spec))
+    plan = ranks.run(lambda: compile_spec(spec))
+    proof = ranks.run(lambda: summary(prove(spec, allow_unproved, log)), on_rank0=True)
+    dev = ranks.run(lambda: resolve_device(device))
+    out_dtype = DTYPES[dtype] if dtype else None
+    opened = ranks.run(lambda: open_dcp(spec, plan, input, hash_files=ranks.rank == 0)
+                       if input is not None and is_dcp(input) else open_input(spec, plan, input))
+    grown = chain(opened.source, plan.concrete().steps, dev)
+    wrapper = opened.files.wrapper if isinstance(opened.files, DcpFiles) else ""
+    stored = {wrapper + name: (entry, layer)
+              for name, entry, layer in opened.family.stored_tensors(plan.after, opened.prefix)}
+
+    def pull(fqn: str, start: int, stop: int) -> torch.Tensor:
+        entry, layer = stored[fqn]
+        rows = stored_rows(grown, entry, layer, start, stop)
+        return rows.to(device="cpu", dtype=out_dtype or rows.dtype).contiguous()
+
+    manifest, result, error = None, None, None
+    try:
+        state = ranks.run(lambda: meta_state(stored, plan.after, grown, out_dtype, ranks))
+        with contextlib.ExitStack() as stack:
+            tmp = ranks.run(lambda: stack.enter_context(atomic_directory(output, overwrite, {"the input": input})),
+                            on_rank0=True)
+            ranks.run(lambda: save_state(state, tmp, band_planner(pull, band_bytes), ranks))
+            if check:
+                result, index = ranks.run(lambda: _check(spec, plan, opened, tmp, dev, out_dtype), on_rank0=True)
+                if not result.passed:
+                    refuse_or_warn(spec, plan, index, result, allow_unproved, log)
+            if ranks.rank == 0:
+                manifest = build_manifest(spec, plan, opened, dev, proof, result,
+                                          {"format": "dcp", "world_size": ranks.world, "model": plan.after.to_config()})
+            ranks.run(lambda: _record(tmp, proof, manifest) if ranks.rank == 0 else None)
+    except Exception as exc:  # raised on every rank alike, or by rank 0's rename
+        error = exc
+    finally:
+        opened.close()
+    ranks.agree(error)  # after this, the folder is in place (rank 0 renamed it)
+    check_line = f"numeric check {'passed' if result.passed else 'FAILED'}: {result.summary()}; " if result else ""
+    log(f"grew {plan.before.parameter_count():,} -> {plan.after.parameter_count():,} parameters in "
+        f"{len(plan.steps)} step(s) on {ranks.world} rank(s); proof {proof['verdict']}; {check_line}wrote {output}")
+    return manifest
+
+
+def _check(spec, plan, opened, folder: Path, dev, out_dtype):
+    """Rank 0: the input's logits against those of the DCP files just written; on a failure,
+    also the index of the first step that changes the function."""
+    tokens = tokens_for(plan.before, spec.seed, dev)
+    reference = streamed_logits(plan.before, opened.source, tokens)
+    with DcpFiles(folder, opened.family) as written:
+        after = streamed_logits(plan.after, RoleSource(written, opened.family, plan.after, str(folder)), tokens)
+    dtype = out_dtype or opened.source.dtype(opened.source.keys()[0])
+    result = compare(reference, after, dtype, spec.seed)
+    index = None if result.passed else first_failing_step(
+        plan, plan.concrete(), opened.source, tokens, reference, dtype, spec.seed, dev)
+    return result, index
+
+
+def _record(folder: Path, proof: dict, manifest: dict) -> None:
+    """Rank 0: the sha256 of the DCP files written, then the certificate and the manifest."""
+    manifest["output"]["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
+                                   if p.name == METADATA or p.suffix == ".distcp"}
+    write_record(folder, proof, manifest)
+
+
+def grow_dcp_from_env(spec, input, output, **options) -> dict | None:
+    """`grow_dcp` under ``torchrun``: a gloo process group from ``WORLD_SIZE``/``RANK`` when
+    there are several ranks (and none is initialized yet), destroyed afterwards."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    started = world > 1 and not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo")
+    try:
+        return grow_dcp(spec, input, output, world, **options)
+    finally:
+        if started:
+            dist.destroy_process_group()
