@@ -2,7 +2,7 @@
 
 Grows a LLaMA-7B-shaped model held in device memory (hidden 4096 -> 5120, MLP 11008 -> 13824,
 layers 32 -> 40 inserted in the middle; 32 heads = 32 kv heads of 128; vocab 32000; bf16)
-with specgrow's lowering, as ``apply`` runs it: one `StepSource` per step `chain`-ed over a
+with specgrow's lowering, as ``apply`` runs it: one `StepSource` holding every step (`chain`) over a
 `StateSource` of device tensors, every output tensor pulled whole (or in row bands of
 ``--band-mb``) into preallocated device tensors (views of one flat buffer). The input is
 random bf16 made directly on the device, not the reference model (it is faster to make, and
