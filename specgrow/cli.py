@@ -2,14 +2,16 @@
 
 Exit codes: 0 success, 1 invalid spec / not PROVED / failed check / bad checkpoint, 2 usage
 or IO. Every error is one line ``FILE:LINE:COL: error: MESSAGE`` on stderr (``check`` reports
-on stdout, in the chosen format). ``init``, ``validate``, ``check``, ``prove`` and ``plan`` never
-import torch, safetensors or `specgrow.lower`: they work from ``pip install specgrow``; only
-``--input DIR`` reads safetensors headers through `specgrow.lower`, with PyTorch if it is there
-(without it, the folder's config.json alone is checked). ``apply``
-needs the ``torch`` extra (`specgrow.extras`), says so in one line (exit 2) when it is missing,
-before anything is read or written, and imports torch only once the spec is valid. SymPy (the
-IR's shapes are SymPy expressions) is imported by the commands that compile a spec, never by
-``validate``.
+on stdout, in the chosen format, and so does ``audit``). ``init``, ``validate``, ``check``,
+``prove`` and ``plan`` never import torch, safetensors or `specgrow.lower`: they work from
+``pip install specgrow``; only ``--input DIR`` reads safetensors headers through
+`specgrow.lower`, with PyTorch if it is there (without it, the folder's config.json alone is
+checked). ``audit`` (`specgrow.pipeline.audit`) works from that install too: it hashes and
+proves, reading files through the stdlib-only `specgrow.lower.hashes`. ``apply`` needs the
+``torch`` extra (`specgrow.extras`), says so in one line (exit 2) when it is missing, before
+anything is read or written, imports torch only once the spec is valid, and records its
+command line (argv and parsed options) in the manifest. SymPy (the IR's shapes are SymPy
+expressions) is imported by the commands that compile a spec, never by ``validate``.
 """
 
 from __future__ import annotations
@@ -99,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output directory, atomically (never a file or a symbolic link)")
     p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
+
+    p = sub.add_parser("audit", help="check an apply output against its manifest, its spec and its lineage",
+                       description="Re-hash every file of DIR, a folder written by apply, against its manifest, "
+                                   "re-prove its spec.yaml against proof.md and walk its history/. Exit 0 if all "
+                                   "agree, 1 naming each file or record that differs, 2 if DIR is not an apply "
+                                   "output.")
+    p.add_argument("folder", metavar="DIR")
     return parser
 
 
@@ -226,10 +235,11 @@ def _apply(args) -> int:
     refuse_overlap(args.output, {"the spec": args.spec, "the input": args.input,
                                  "the optimizer state": args.optimizer})
     output_target(args.output, args.overwrite)  # refused now, not after the work
-    if args.input is not None:  # the manifest's hashes of the input, while torch and SymPy load
-        from specgrow.lower.hashes import prefetch
+    from specgrow.lower.hashes import prefetch
 
-        prefetch(args.input)
+    for path in (args.input, args.optimizer):  # the manifest's hashes of the input, while torch and SymPy load
+        if path is not None:
+            prefetch(path)
     spec = load_spec(args.spec)
     try:
         _import_frozen("specgrow.pipeline.apply")  # torch
@@ -238,6 +248,7 @@ def _apply(args) -> int:
         raise
     _import_frozen("specgrow.verify.prover")  # SymPy, for the plan and the proof
     from specgrow.lower.dcp_read import is_dcp
+    from specgrow.pipeline.record import command_line
     from specgrow.transforms import compile_spec
 
     output_format = args.output_format or ("dcp" if args.input and is_dcp(args.input) else "safetensors")
@@ -249,7 +260,7 @@ def _apply(args) -> int:
 
         grow_dcp_from_env(spec, args.input, args.output, device=args.device, dtype=args.dtype,
                           allow_unproved=args.allow_unproved, overwrite=args.overwrite,
-                          log=(lambda *_: None) if args.quiet else print)
+                          log=(lambda *_: None) if args.quiet else print, invocation=command_line(*args.given))
         return 0
     plan = compile_spec(spec)
     from specgrow.pipeline.apply import ApplyOptions, apply_plan
@@ -259,15 +270,27 @@ def _apply(args) -> int:
         allow_unproved=args.allow_unproved, overwrite=args.overwrite,
         max_shard_size=args.max_shard_size, quiet=args.quiet, optimizer=args.optimizer,
     )
-    apply_plan(spec, plan, options, log=(lambda *_: None) if args.quiet else print)
+    apply_plan(spec, plan, options, log=(lambda *_: None) if args.quiet else print,
+               invocation=command_line(*args.given))
     return 0
 
 
-COMMANDS = {"init": _init, "validate": _validate, "check": _check, "prove": _prove, "plan": _plan, "apply": _apply}
+def _audit(args) -> int:
+    from specgrow.pipeline.audit import audit
+
+    report = audit(args.folder)
+    print("\n".join(report.lines()))
+    return 0 if report.passed else 1
+
+
+COMMANDS = {"init": _init, "validate": _validate, "check": _check, "prove": _prove, "plan": _plan, "apply": _apply,
+            "audit": _audit}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     args = _parser().parse_args(argv)
+    args.given = (argv, dict(vars(args)))  # the command line as given, for apply's manifest
     try:
         return COMMANDS[args.command](args)
     except SpecgrowError as err:

@@ -42,7 +42,8 @@ def test_apply_six_writes_checked_output(tmp_path, capsys):
     out = tmp_path / "grown"
     code, stdout, err = run(["apply", SIX, "--output", str(out)], capsys)
     assert code == 0, err
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "proof.md", "specgrow-manifest.json"]
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "proof.md", "spec.yaml",
+                                     "specgrow-manifest.json"]
     manifest = json.loads((out / "specgrow-manifest.json").read_text())
     assert manifest["proof"]["verdict"] == "PROVED"
     assert manifest["numeric_check"]["passed"] is True

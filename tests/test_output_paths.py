@@ -26,7 +26,7 @@ from specgrow.spec import load_spec
 from tests.helpers import spec_text
 
 ERROR_LINE = re.compile(r"^[^\n]+:\d+:\d+: error: [^\n]+\n$")
-COMPLETE = ["config.json", "model.safetensors", "proof.md", "specgrow-manifest.json"]
+COMPLETE = ["config.json", "model.safetensors", "proof.md", "spec.yaml", "specgrow-manifest.json"]
 
 
 def snapshot(root: Path) -> dict:

@@ -28,7 +28,6 @@ import torch
 
 from specgrow.arch import Family, stored_shape
 from specgrow.errors import CheckpointError
-from specgrow.lower.hashes import WEIGHT_SUFFIXES
 from specgrow.lower.links import leaves
 from specgrow.lower.safetensors_io import (
     SafetensorsWriter, _Tensors, index_json, plan_shards, shard_names, tensor_bytes,
@@ -38,6 +37,7 @@ from specgrow.publish import output_target, publish, refuse_overlap
 from specgrow.shape import ModelShape
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
 
 
 class RoleSource:
@@ -255,8 +255,9 @@ def _stored_chunks(source, stored, layer):
     yield parts.T.contiguous() if stored.transposed else parts
 
 
-def copy_side_files(src: Path, dst: Path) -> list[str]:
-    """Copy a HF folder's other files (tokenizer, generation config, ...) but weights and config.
+def copy_side_files(src: Path, dst: Path, reserved=()) -> list[str]:
+    """Copy a HF folder's other files (tokenizer, generation config, ...) but weights, config and
+    the ``reserved`` names (the files the output records itself in).
 
     A symbolic link to a file inside the folder is copied as a regular file; one that leads
     out of it (`specgrow.lower.links`) is not followed: it is skipped, with a warning on stderr.
@@ -264,7 +265,7 @@ def copy_side_files(src: Path, dst: Path) -> list[str]:
     copied = []
     for item in sorted(src.iterdir()):
         if item.name == "config.json" or item.name in INDEX_FILES or item.suffix in WEIGHT_SUFFIXES \
-                or item.name.startswith("specgrow-"):
+                or item.name in reserved:
             continue
         if leaves(item, src):
             print(f"{item}:1:1: warning: not copied: a symbolic link out of the input folder", file=sys.stderr)
@@ -298,9 +299,13 @@ def atomic_directory(output: str, overwrite: bool, sources: dict[str, str | None
 
 
 def _public(folder: Path) -> None:
-    """Give the finished output the usual permissions (mkdtemp makes it private)."""
+    """Give the finished output the usual permissions (mkdtemp makes it private), its
+    subfolders too."""
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
     for item in folder.iterdir():
-        item.chmod(0o666 & ~umask)
+        if item.is_dir():
+            _public(item)
+        else:
+            item.chmod(0o666 & ~umask)

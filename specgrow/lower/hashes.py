@@ -1,24 +1,26 @@
 """sha256 of files on a worker thread, started as early as the caller knows the files.
 
-``apply`` records its input files' hashes in the manifest. It asks for them as soon as it
-has parsed its arguments, before torch and SymPy load: hashing releases the GIL, so another
-core hashes while this one imports (about two seconds of a 2 GB checkpoint's hashing that
-no longer waits for anything). Asking again for the same file (same size and modification
-time) gives the same future. The worker is a daemon thread: a run that stops early does not
-wait for hashing it no longer needs.
+``apply`` records in the manifest the hash of every file of its input and of its output. It
+asks for the input's as soon as it has parsed its arguments, before torch and SymPy load:
+hashing releases the GIL, so another core hashes while this one imports (about two seconds
+of a 2 GB checkpoint's hashing that no longer waits for anything). Asking again for the same
+file (same size and modification time) gives the same future. The worker is a daemon
+thread: a run that stops early does not wait for hashing it no longer needs.
+
+A folder's files are every regular file under it (`folder_files`); a symbolic link out of it
+(`specgrow.lower.links`) is not read but listed as skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from concurrent.futures import Future
 from pathlib import Path
 
 from specgrow.lower.links import leaves
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
 
 _futures: dict = {}
 _lock = threading.Lock()
@@ -46,34 +48,65 @@ def sha256_later(path) -> Future:
         return future
 
 
-def hash_in_background(paths) -> dict:
-    """``{file name: future sha256}``, hashed on the worker thread while the caller works
-    (files `prefetch` started on are not hashed twice)."""
-    return {p.name: sha256_later(p) for p in paths}
+def hash_in_background(files: dict) -> dict:
+    """``{name: future sha256}`` of ``{name: path}``, hashed on the worker thread while the
+    caller works (files `prefetch` started on are not hashed twice)."""
+    return {name: sha256_later(path) for name, path in files.items()}
 
 
 def resolved(value):
     """``value`` with the futures of a `hash_in_background` dict waited for (anything else as it is)."""
-    return {name: future.result() for name, future in value.items()} if isinstance(value, dict) else value
+    if not isinstance(value, dict):
+        return value
+    return {name: item if isinstance(item, str) else item.result() for name, item in value.items()}
+
+
+def folder_files(folder) -> tuple[dict[str, Path], list[str]]:
+    """The regular files under ``folder``, recursively, as ``{relative POSIX path: path}``, and the
+    relative paths of the symbolic links that lead out of it, which are not read.
+
+    A link to a file inside is listed (read through the link); a link to a folder inside is not
+    descended into (its files are listed where they are). An unreadable folder raises `OSError`.
+    """
+    root = Path(folder)
+    files, skipped = {}, []
+    for top, dirs, names in os.walk(root, onerror=_raise):
+        file_names = set(names)
+        for name in dirs + names:
+            path = Path(top) / name
+            rel = path.relative_to(root).as_posix()
+            if leaves(path, root):
+                skipped.append(rel)
+            elif name in file_names and path.is_file():
+                files[rel] = path
+    return dict(sorted(files.items())), sorted(skipped)
+
+
+def hash_input(path) -> dict:
+    """The manifest's record of an input file or folder: its path, the future sha256 of each of its
+    files (`folder_files`; a file alone under its name) and, for a folder, the links it skipped."""
+    where = Path(path)
+    if not where.is_dir():
+        return {"path": str(path), "files": hash_in_background({where.name: where})}
+    files, skipped = folder_files(where)
+    return {"path": str(path), "files": hash_in_background(files), "skipped": skipped}
 
 
 def prefetch(path) -> None:
-    """Start hashing the weight file ``path``, or the weight files in folder ``path``.
+    """Start hashing the file ``path``, or every file of folder ``path`` (`hash_input`).
 
     Nothing is checked here: a path that is missing or unreadable is reported by the
     caller's own reading, and its hash is simply not asked for; nor is a folder's file that
-    is a symbolic link out of it (the caller refuses it), so nothing outside it is read.
+    is a symbolic link out of it, so nothing outside it is read.
     """
-    path = Path(path)
     try:
-        if path.is_dir():
-            for item in sorted(path.iterdir()):
-                if item.suffix in WEIGHT_SUFFIXES and item.is_file() and not leaves(item, path):
-                    sha256_later(item)
-        elif path.is_file():
-            sha256_later(path)
+        hash_input(path)
     except OSError:
         pass
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def one_malloc_arena() -> None:

@@ -4,8 +4,8 @@
 the spec's seed), a specgrow file or folder, a HuggingFace folder whose config.json must
 describe the spec's model (`hf_config`), or a DCP folder (`open_dcp`). Every tensor's name,
 shape and dtype is checked against the spec before anything is computed, every band read is
-checked finite, and the input's files are hashed on a worker thread for the manifest. The
-input is only ever opened for reading.
+checked finite, and every file of the input is hashed on a worker thread for the manifest
+(`specgrow.lower.hashes.hash_input`). The input is only ever opened for reading.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from specgrow.arch.hf import family_of, read_config, refuse_mismatches, validate
 from specgrow.errors import InputError, SpecError
 from specgrow.lower.checkpoint import RoleSource
 from specgrow.lower.dcp_read import DcpFiles, is_dcp
-from specgrow.lower.hashes import hash_in_background
+from specgrow.lower.hashes import hash_input
 from specgrow.lower.links import refuse_outside
 from specgrow.lower.numeric import streamed_logits
 from specgrow.lower.safetensors_io import CheckpointFiles
@@ -89,7 +89,7 @@ def open_input(spec, plan, path: str | None) -> Opened:
     except Exception:
         files.close()
         raise
-    manifest = {"path": str(where), "files": hash_in_background(files.files())}
+    manifest = hash_input(where)
     return Opened(source, family, source.prefix, config, manifest, plan.before, files, where)
 
 
@@ -102,9 +102,8 @@ def open_dcp(spec, plan, path, hash_files: bool = True) -> Opened:
     except Exception:
         files.close()
         raise
-    manifest = {"path": str(path), "format": "dcp", "model_key": files.wrapper.rstrip(".") or None}
-    if hash_files:
-        manifest["files"] = hash_in_background(files.files())
+    manifest = {**(hash_input(path) if hash_files else {"path": str(path)}), "format": "dcp",
+                "model_key": files.wrapper.rstrip(".") or None}
     return Opened(source, family, source.prefix, None, manifest, plan.before, files, Path(path))
 
 

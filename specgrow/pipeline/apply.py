@@ -6,9 +6,9 @@ every tensor's name, shape and dtype checked against the spec); grow the optimiz
 first, if any, so that a mismatch fails fast; stream the grown tensors into a temporary
 folder (one band of rows at a time, each file hashed as it is written, each input band
 checked finite); compare the logits of the input and of the files just written, while they
-are fsynced; only then add the config, certificate and manifest and rename the folder into
-place. Anything not PROVED, or a failed numeric check, writes nothing unless
-``allow_unproved``.
+are fsynced; only then add the config, the side files, the record (`specgrow.pipeline.record`:
+spec, certificate, lineage, manifest) and rename the folder into place. Anything not PROVED,
+or a failed numeric check, writes nothing unless ``allow_unproved``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -25,7 +24,7 @@ from specgrow.arch.hf import grown_config, layer_origins, shortest_window
 from specgrow.errors import InputError
 from specgrow.lower.budget import check_apply
 from specgrow.lower.checkpoint import RoleSource, atomic_directory, copy_side_files, write_checkpoint
-from specgrow.lower.hashes import one_malloc_arena, sha256_file
+from specgrow.lower.hashes import hash_in_background, one_malloc_arena, sha256_later
 from specgrow.lower.inputs import Opened, hf_config, open_input
 from specgrow.lower.numeric import compare, streamed_logits, tokens_for
 from specgrow.lower.optimizer import OPTIMIZER_FILE, grow_optimizer_file
@@ -33,7 +32,7 @@ from specgrow.lower.safetensors_io import CheckpointFiles, fsync_files, parse_si
 from specgrow.lower.stream import chain
 from specgrow.pipeline.check import first_failing_step, refuse_or_warn
 from specgrow.pipeline.proof import prove, summary
-from specgrow.pipeline.record import build_manifest, write_record
+from specgrow.pipeline.record import RECORD_FILES, build_manifest, python_call, write_record
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,8 +58,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
-    """Prove, grow, write, check and rename into place; returns the manifest that was written."""
+def apply_plan(spec, plan, options: ApplyOptions, log=print, invocation: dict | None = None) -> dict:
+    """Prove, grow, write, check and rename into place; returns the manifest that was written.
+
+    ``invocation`` is how the growth was asked for (`specgrow.pipeline.record.command_line`);
+    by default this call, `specgrow.pipeline.record.python_call`."""
+    invocation = invocation or python_call("specgrow.pipeline.apply.apply_plan", spec=spec.path, options=options)
     max_shard = _shard_bytes(options.max_shard_size)
     one_malloc_arena()  # before any worker thread starts
     if options.input is not None:
@@ -70,7 +73,8 @@ def apply_plan(spec, plan, options: ApplyOptions, log=print) -> dict:
     concrete = plan.concrete()
     opened = _open_within_budget(spec, plan, concrete, options, device)
     try:
-        return _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, summary(cert), log)
+        return _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, summary(cert), log,
+                               invocation)
     finally:
         opened.close()
 
@@ -91,7 +95,8 @@ def _open_within_budget(spec, plan, concrete, options, device) -> Opened:
     return opened
 
 
-def _grow_and_write(spec, plan, concrete, opened: Opened, options, device, max_shard, proof: dict, log) -> dict:
+def _grow_and_write(spec, plan, concrete, opened: Opened, options, device, max_shard, proof: dict, log,
+                    invocation: dict) -> dict:
     grown = chain(opened.source, concrete.steps, device)
     first_key = opened.source.keys()[0]
     dtype = DTYPES[options.dtype] if options.dtype else None
@@ -121,21 +126,23 @@ def _grow_and_write(spec, plan, concrete, opened: Opened, options, device, max_s
             index = first_failing_step(plan, concrete, opened.source, tokens, reference, check_dtype, spec.seed,
                                        device)
             refuse_or_warn(spec, plan, index, result, options.allow_unproved, log)
+        hashes = dict(output_hashes)  # the weights, hashed as they were written
         if config is not None:
             if dtype is not None:  # transformers 5 reads "dtype", 4.x "torch_dtype"
                 config.update({key: options.dtype for key in ("dtype", "torch_dtype") if key in config or key == "dtype"})
-            copied = copy_side_files(opened.path, tmp)
+            copied = copy_side_files(opened.path, tmp, RECORD_FILES)
+            hashes.update(hash_in_background({name: tmp / name for name in copied}))  # while the rest is written
         else:
             config, copied = plan.after.to_config(), []
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        manifest = build_manifest(spec, plan, opened, device, proof, result,
-                                  {"files": output_hashes, "copied": copied})
+        manifest = build_manifest(spec, plan, opened, device, proof, result, {"copied": copied}, invocation)
         if optimizer is not None:
             torch.save(optimizer, tmp / OPTIMIZER_FILE)
+            hashes[OPTIMIZER_FILE] = sha256_later(tmp / OPTIMIZER_FILE)
             manifest["optimizer"] = {
-                "input": {"path": options.optimizer, "sha256": sha256_file(Path(options.optimizer))},
-                "output": {"file": OPTIMIZER_FILE, "sha256": sha256_file(tmp / OPTIMIZER_FILE)}}
-        write_record(tmp, proof, manifest)
+                "input": {"path": options.optimizer, "sha256": sha256_later(options.optimizer).result()},
+                "output": {"file": OPTIMIZER_FILE, "sha256": hashes[OPTIMIZER_FILE].result()}}
+        write_record(tmp, spec, proof, manifest, opened.path, hashes)
     log(f"grew {plan.before.parameter_count():,} -> {plan.after.parameter_count():,} parameters "
         f"in {len(plan.steps)} step(s) on {device}; proof {proof['verdict']}; "
         f"numeric check {'passed' if result.passed else 'FAILED'}: {result.summary()}; wrote {options.output}")

@@ -3,8 +3,9 @@
 Rank 0 proves the spec; every rank opens the input (a DCP folder is read chunk by chunk,
 `specgrow.lower.dcp_read`) and saves its even ``Shard(0)`` share of rows of every grown
 tensor, band by band (`specgrow.lower.dcp_write`); rank 0 then compares the logits of the
-input with those of the files written, read back band by band, and adds the certificate and
-the manifest before the folder is renamed into place. An error on any rank is raised on
+input with those of the files written, read back band by band (while they are hashed), and
+adds the record (`specgrow.pipeline.record`: spec, certificate, lineage, manifest) before the
+folder is renamed into place. An error on any rank is raised on
 every rank, and the output folder appears complete, or not at all.
 """
 
@@ -18,21 +19,22 @@ import torch
 
 from specgrow.errors import InputError
 from specgrow.lower.checkpoint import RoleSource, atomic_directory
-from specgrow.lower.dcp_read import METADATA, DcpFiles, is_dcp
+from specgrow.lower.dcp_read import DcpFiles, is_dcp
 from specgrow.lower.dcp_write import BAND_BYTES, Ranks, band_planner, meta_state, save_state, stored_rows
-from specgrow.lower.hashes import sha256_file
+from specgrow.lower.hashes import folder_files, hash_in_background
 from specgrow.lower.inputs import open_dcp, open_input
 from specgrow.lower.numeric import compare, streamed_logits, tokens_for
 from specgrow.lower.stream import chain
 from specgrow.pipeline.apply import DTYPES, resolve_device
 from specgrow.pipeline.check import first_failing_step, refuse_or_warn
 from specgrow.pipeline.proof import prove, summary
-from specgrow.pipeline.record import build_manifest, write_record
+from specgrow.pipeline.record import build_manifest, python_call, write_record
 
 
 def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: str = "cpu",
              dtype: str | None = None, allow_unproved: bool = False, overwrite: bool = False,
-             check: bool = True, band_bytes: int = BAND_BYTES, log=print) -> dict | None:
+             check: bool = True, band_bytes: int = BAND_BYTES, log=print,
+             invocation: dict | None = None) -> dict | None:
     """Grow ``input`` by ``spec`` into a DCP folder ``output``; run by every output rank.
 
     ``spec`` is a `Spec` or a spec file. ``input`` is anything ``specgrow apply`` reads, a DCP
@@ -40,11 +42,16 @@ def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: 
     the default process group (``world_size_out`` must equal its size), or this process alone
     when none is initialized. Rank 0 proves the spec and, unless ``check`` is false, compares
     the logits of the input with those of the files written (read back band by band); the
-    output folder appears complete, or not at all. Returns the manifest on rank 0.
+    output folder appears complete, or not at all. Returns the manifest on rank 0, which records
+    ``invocation`` (`specgrow.pipeline.record.command_line`), by default this call.
     """
     from specgrow.spec import Spec, load_spec
     from specgrow.transforms import compile_spec
 
+    invocation = invocation or python_call(
+        "specgrow.pipeline.dcp.grow_dcp", spec=getattr(spec, "path", spec), input=input, output=output,
+        world_size_out=world_size_out, device=device, dtype=dtype, allow_unproved=allow_unproved,
+        overwrite=overwrite, check=check, band_bytes=band_bytes)
     ranks = Ranks()
     if world_size_out is not None and world_size_out != ranks.world:
         raise InputError(f"world_size_out {world_size_out}: this process group has {ranks.world} rank(s) "
@@ -74,14 +81,16 @@ def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: 
             tmp = ranks.run(lambda: stack.enter_context(atomic_directory(output, overwrite, {"the input": input})),
                             on_rank0=True)
             ranks.run(lambda: save_state(state, tmp, band_planner(pull, band_bytes), ranks))
+            written = ranks.run(lambda: hash_in_background(folder_files(tmp)[0]) if ranks.rank == 0 else {})
             if check:
                 result, index = ranks.run(lambda: _check(spec, plan, opened, tmp, dev, out_dtype), on_rank0=True)
                 if not result.passed:
                     refuse_or_warn(spec, plan, index, result, allow_unproved, log)
             if ranks.rank == 0:
                 manifest = build_manifest(spec, plan, opened, dev, proof, result,
-                                          {"format": "dcp", "world_size": ranks.world, "model": plan.after.to_config()})
-            ranks.run(lambda: _record(tmp, proof, manifest) if ranks.rank == 0 else None)
+                                          {"format": "dcp", "world_size": ranks.world, "model": plan.after.to_config()},
+                                          invocation)
+            ranks.run(lambda: write_record(tmp, spec, proof, manifest, input, written) if ranks.rank == 0 else None)
     except Exception as exc:  # raised on every rank alike, or by rank 0's rename
         error = exc
     finally:
@@ -105,13 +114,6 @@ def _check(spec, plan, opened, folder: Path, dev, out_dtype):
     index = None if result.passed else first_failing_step(
         plan, plan.concrete(), opened.source, tokens, reference, dtype, spec.seed, dev)
     return result, index
-
-
-def _record(folder: Path, proof: dict, manifest: dict) -> None:
-    """Rank 0: the sha256 of the DCP files written, then the certificate and the manifest."""
-    manifest["output"]["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
-                                   if p.name == METADATA or p.suffix == ".distcp"}
-    write_record(folder, proof, manifest)
 
 
 def grow_dcp_from_env(spec, input, output, **options) -> dict | None:

@@ -5,7 +5,6 @@ Never imports torch or sympy.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from specgrow.errors import InputError
@@ -94,4 +93,4 @@ def load_spec_text(text: str | bytes, path: str = "<string>") -> Spec:
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     doc = load_yaml(data, path)
     validate(doc)
-    return build_spec(doc, hashlib.sha256(data).hexdigest())
+    return build_spec(doc, data)

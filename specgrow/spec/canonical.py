@@ -8,6 +8,7 @@ raw YAML.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -57,8 +58,9 @@ class Shape:
     layers: tuple[LayerShape, ...]
 
 
-def build_spec(doc: Document, sha256: str) -> Spec:
-    """The canonical `Spec` of a schema-valid document; `SpecError` if a step cannot apply.
+def build_spec(doc: Document, source: bytes) -> Spec:
+    """The canonical `Spec` of a schema-valid document read from ``source``; `SpecError` if a
+    step cannot apply.
 
     A spec with ``stages`` is a growth plan: its stages' steps are checked and flattened in
     order into `Spec.steps` (the running shape just continues from one stage to the next),
@@ -90,7 +92,7 @@ def build_spec(doc: Document, sha256: str) -> Spec:
         grower.grow((), data["steps"], "the grown model")
     return Spec(
         path=doc.file,
-        sha256=sha256,
+        sha256=hashlib.sha256(source).hexdigest(),
         version=data["specgrow"],
         model=model,
         seed=data.get("seed", 0),
@@ -99,6 +101,7 @@ def build_spec(doc: Document, sha256: str) -> Spec:
         step_padding=tuple(grower.padding),
         stages=tuple(stages),
         model_written=_written(doc),
+        source=source,
     )
 
 

@@ -8,7 +8,7 @@ filled in, ``placement`` decided), so later stages never look at raw YAML.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Union
 
 Norm = Literal["rmsnorm", "layernorm"]
@@ -239,6 +239,7 @@ class Spec:
     # every field of `model` ("model.norm_eps", "model.dims.hidden", and "model.dims" itself)
     # as written: where, and the value, so that a checkpoint's disagreement is located
     model_written: tuple[tuple[str, Written], ...] = ()
+    source: bytes = field(default=b"", repr=False, compare=False)  # the bytes read, as `sha256` hashes them
 
     def written(self, name: str) -> Written:
         """How the model field ``name`` (e.g. ``model.dims.hidden``) is written in the spec."""
