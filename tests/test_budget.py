@@ -77,6 +77,14 @@ def test_memory_short_of_the_reference_model_is_one_line_and_nothing_written(spe
     assert [p.name for p in spec.parent.iterdir()] == ["spec.yaml"]
 
 
+def test_the_dcp_output_of_the_reference_model_is_checked_too(spec, capsys, monkeypatch):
+    monkeypatch.setattr(budget, "available_memory", lambda: 1000)
+    code, err = _apply(spec, capsys, "--output-format", "dcp")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "error: the reference model needs " in err and "of memory, 1.0 kB is available" in err
+    assert [p.name for p in spec.parent.iterdir()] == ["spec.yaml"]
+
+
 def test_with_an_input_the_model_itself_is_not_counted(spec, capsys, monkeypatch):
     """Streaming holds bands, not the model: memory for them suffices with ``--input``, not without."""
     plan = _plan()

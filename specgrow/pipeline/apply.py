@@ -71,7 +71,7 @@ def apply_plan(spec, plan, options: ApplyOptions, log=print, invocation: dict | 
     cert = prove(spec, options.allow_unproved, log)
     device = resolve_device(options.device)
     concrete = plan.concrete()
-    opened = _open_within_budget(spec, plan, concrete, options, device)
+    opened = open_within_budget(spec, plan, concrete, options, device)
     try:
         return _grow_and_write(spec, plan, concrete, opened, options, device, max_shard, summary(cert), log,
                                invocation)
@@ -79,7 +79,7 @@ def apply_plan(spec, plan, options: ApplyOptions, log=print, invocation: dict | 
         opened.close()
 
 
-def _open_within_budget(spec, plan, concrete, options, device) -> Opened:
+def open_within_budget(spec, plan, concrete, options, device) -> Opened:
     """The input, opened once `check_apply` finds the memory, disk and device memory the growth
     needs: for the reference model (no ``--input``) before it is built in memory."""
     if options.input is None and spec.model.arch == "reference":

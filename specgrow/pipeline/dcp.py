@@ -22,10 +22,10 @@ from specgrow.lower.checkpoint import RoleSource, atomic_directory
 from specgrow.lower.dcp_read import DcpFiles, is_dcp
 from specgrow.lower.dcp_write import BAND_BYTES, Ranks, band_planner, meta_state, save_state, stored_rows
 from specgrow.lower.hashes import folder_files, hash_in_background
-from specgrow.lower.inputs import open_dcp, open_input
+from specgrow.lower.inputs import open_dcp
 from specgrow.lower.numeric import compare, streamed_logits, tokens_for
 from specgrow.lower.stream import chain
-from specgrow.pipeline.apply import DTYPES, resolve_device
+from specgrow.pipeline.apply import DTYPES, ApplyOptions, open_within_budget, resolve_device
 from specgrow.pipeline.check import first_failing_step, refuse_or_warn
 from specgrow.pipeline.proof import prove, summary
 from specgrow.pipeline.record import build_manifest, python_call, write_record
@@ -62,8 +62,10 @@ def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: 
     proof = ranks.run(lambda: summary(prove(spec, allow_unproved, log)), on_rank0=True)
     dev = ranks.run(lambda: resolve_device(device))
     out_dtype = DTYPES[dtype] if dtype else None
+    budget = ApplyOptions(output=str(output), input=input, dtype=dtype)  # what the up-front checks read
     opened = ranks.run(lambda: open_dcp(spec, plan, input, hash_files=ranks.rank == 0)
-                       if input is not None and is_dcp(input) else open_input(spec, plan, input))
+                       if input is not None and is_dcp(input) else
+                       open_within_budget(spec, plan, plan.concrete(), budget, dev))
     grown = chain(opened.source, plan.concrete().steps, dev)
     wrapper = opened.files.wrapper if isinstance(opened.files, DcpFiles) else ""
     stored = {wrapper + name: (entry, layer)
