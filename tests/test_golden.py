@@ -129,7 +129,7 @@ def test_a_relu_unit_silent_on_the_random_model_is_still_refuted():
     scales, zeroed tensors, tokens) with the numpy model it names."""
     import numpy as np
 
-    from specgrow.shape import ModelShape
+    from specgrow.shape import ModelShape, tensor_name
     from specgrow.spec import load_spec_text
     from specgrow.transforms import compile_steps
     from specgrow.verify import witness
@@ -149,7 +149,7 @@ def test_a_relu_unit_silent_on_the_random_model_is_still_refuted():
                                 positions=cx.dims["positions"])
     step = compile_steps(spec.steps, shape, spec.seed).steps[cx.step]
     state = witness.random_state(step.before, cx.seed, cx.norm_gain, cx.bias_scale)
-    zeroed = [key for key in state if witness_name(key) in cx.zeroed]
+    zeroed = [key for key in state if tensor_name(*key) in cx.zeroed]
     assert len(zeroed) == len(cx.zeroed)
     state.update({key: np.zeros_like(state[key]) for key in zeroed})
     tokens = np.array([cx.tokens])
@@ -159,8 +159,3 @@ def test_a_relu_unit_silent_on_the_random_model_is_still_refuted():
     assert after[:4].tolist() == pytest.approx(cx.grown, rel=1e-12)
     assert float(np.abs(after - before).max()) == pytest.approx(cx.max_abs_diff, rel=1e-9)
 
-
-def witness_name(key) -> str:
-    from specgrow.shape import tensor_name
-
-    return tensor_name(*key)

@@ -29,14 +29,19 @@ def one_unit_steps(count: int) -> str:
     return spec_text([{"mlp": {"to": TINY["mlp"] + i + 1}} for i in range(count)], dims=TINY)
 
 
+def applied(spec, tmp_path) -> dict:
+    """``specgrow apply`` of ``spec`` into ``tmp_path/out`` (must exit 0), and its manifest."""
+    assert main(["apply", str(spec), "--output", str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
+    return json.loads((tmp_path / "out" / "specgrow-manifest.json").read_text())
+
+
 def test_400_one_unit_mlp_steps_are_proved_and_applied(tmp_path, capsys):
     """About 4 s (2 cores), most of it the proof."""
     spec = tmp_path / "long.yaml"
     spec.write_text(one_unit_steps(400))
     assert main(["check", str(spec)]) == 0
     assert "PROVED (400 steps" in capsys.readouterr().out
-    assert main(["apply", str(spec), "--output", str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
-    manifest = json.loads((tmp_path / "out" / "specgrow-manifest.json").read_text())
+    manifest = applied(spec, tmp_path)
     assert manifest["proof"]["verdict"] == "PROVED" and manifest["numeric_check"]["passed"]
     assert manifest["parameters"]["after"] - manifest["parameters"]["before"] == 400 * 2 * TINY["hidden"]
 
@@ -68,8 +73,7 @@ def test_2000_one_unit_mlp_steps_are_planned_proved_and_applied(tmp_path, capsys
     spec.write_text(one_unit_steps(2000))
     assert main(["plan", str(spec)]) == 0
     assert "step 1999: mlp(to=2008" in capsys.readouterr().out
-    assert main(["apply", str(spec), "--output", str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
-    manifest = json.loads((tmp_path / "out" / "specgrow-manifest.json").read_text())
+    manifest = applied(spec, tmp_path)
     assert manifest["proof"] == {**manifest["proof"], "verdict": "PROVED", "obligations": 2000}
     assert manifest["numeric_check"]["passed"]
 

@@ -31,6 +31,7 @@ from sympy import MatAdd, MatMul, MatrixSymbol, OneMatrix, ZeroMatrix
 from specgrow.ir import Grouped, StepPlan, sym
 from specgrow.lower.stream import StateSource, StepSource, whole
 from specgrow.models.reference import random_state
+from specgrow.spec.types import ROLES  # every role of every step kind
 from specgrow.transforms import compile_spec
 from specgrow.verify.build import symbolize
 from specgrow.verify.prover import zeros_after
@@ -52,14 +53,6 @@ def inits():
             yield {kind: value}
 
 
-ROLES = {
-    "mlp": ("w_in", "w_gate", "b_in", "w_out"),
-    "heads": ("q", "k", "v", "o"),
-    "value": ("v", "o"),
-    "key": ("q", "k"),
-    "hidden": ("embed", "pos", "read", "write", "gain", "bias"),
-    "layers": ("o", "w_out", "rest"),
-}
 STEP = {
     "mlp": {"to": 40}, "heads": {"add": 2}, "value": {"to": 8}, "key": {"to": 12},
     "hidden": {"to": 20}, "layers": {"add": 1, "at": 1},

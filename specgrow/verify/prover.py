@@ -88,7 +88,7 @@ def _witnessed(spec, plan, step: StepProof, zeros) -> StepProof:
     return dataclasses.replace(step, counterexample=witness)
 
 
-def stage_proofs(spec, steps, plan=None) -> tuple[StageProof, ...]:
+def stage_proofs(spec, steps, plan) -> tuple[StageProof, ...]:
     """Each stage of a growth plan with the combined verdict of its steps (none for plain specs).
 
     A stage is REFUTED only with a witness of its own (its steps alone, from a random model of
