@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 # role -> the space of each axis. Spaces: residual (h), vocab, positions, mlp (p),
-# q (heads x key), k (kv heads x key), v (kv heads x value), o (heads x value).
+# q (heads x key), k (kv heads x key), v (kv heads x value), o (heads x value), head (key: one
+# head's query/key width, shared by every head).
 GLOBAL_ROLES: dict[str, tuple[str, ...]] = {
     "embed.weight": ("vocab", "residual"),
     "pos.weight": ("positions", "residual"),
@@ -34,6 +35,12 @@ LAYER_ROLES: dict[str, tuple[str, ...]] = {
     "attn.v.bias": ("v",),
     "attn.o.weight": ("residual", "o"),
     "attn.o.bias": ("residual",),
+    "attn.q_norm.weight": ("head",),
+    "attn.k_norm.weight": ("head",),
+    "attn.q_norm_all.weight": ("q",),
+    "attn.k_norm_all.weight": ("k",),
+    "attn_post_norm.weight": ("residual",),
+    "attn_post_norm.bias": ("residual",),
     "mlp_norm.weight": ("residual",),
     "mlp_norm.bias": ("residual",),
     "mlp.up.weight": ("mlp", "residual"),
@@ -42,9 +49,18 @@ LAYER_ROLES: dict[str, tuple[str, ...]] = {
     "mlp.gate.bias": ("mlp",),
     "mlp.down.weight": ("residual", "mlp"),
     "mlp.down.bias": ("residual",),
+    "mlp_post_norm.weight": ("residual",),
+    "mlp_post_norm.bias": ("residual",),
 }
-NORM_GAINS = ("attn_norm.weight", "mlp_norm.weight", "final_norm.weight")
-NORM_BIASES = ("attn_norm.bias", "mlp_norm.bias", "final_norm.bias")
+# QK-norm gains (RMSNorm, the model's one eps): per head over the key width (`qk_norm: head`,
+# Qwen3, Gemma 3), or over all heads' queries / keys at once (`qk_norm: all`, OLMo 2).
+QK_NORM_GAINS = {"head": ("attn.q_norm.weight", "attn.k_norm.weight"),
+                 "all": ("attn.q_norm_all.weight", "attn.k_norm_all.weight")}
+PRE_NORMS = ("attn_norm", "mlp_norm")  # before each sublayer: `norm_position` pre or sandwich
+POST_NORMS = ("attn_post_norm", "mlp_post_norm")  # on each sublayer's output: post or sandwich
+NORM_GAINS = ("attn_norm.weight", "mlp_norm.weight", "final_norm.weight", "attn_post_norm.weight",
+              "mlp_post_norm.weight", *QK_NORM_GAINS["head"], *QK_NORM_GAINS["all"])
+NORM_BIASES = ("attn_norm.bias", "mlp_norm.bias", "final_norm.bias", "attn_post_norm.bias", "mlp_post_norm.bias")
 
 TensorKey = tuple[str, "int | None"]  # (role, layer); layer None for global tensors
 
@@ -73,6 +89,9 @@ class ModelShape:
     tie_embeddings: bool = False
     bias: tuple[str, ...] = ()  # projections with a bias: q k v o up gate down
     arch: str = field(default="reference")
+    qk_norm: str = "none"  # none | head | all
+    norm_position: str = "pre"  # pre | post | sandwich
+    rope_scaling: tuple = ()  # (key, value) pairs of the rope scaling, sorted by key; () none
 
     @classmethod
     def from_spec(cls, model) -> ModelShape:
@@ -84,6 +103,7 @@ class ModelShape:
             norm=model.norm, norm_eps=model.norm_eps, activation=model.activation,
             position=model.position, rope_theta=model.rope_theta, final_norm=model.final_norm,
             tie_embeddings=model.tie_embeddings, bias=model.bias, arch=model.arch,
+            qk_norm=model.qk_norm, norm_position=model.norm_position, rope_scaling=model.rope_scaling,
         )
 
     def with_layers(self, layers) -> ModelShape:
@@ -97,10 +117,16 @@ class ModelShape:
                 return False
         if role in NORM_BIASES and self.norm != "layernorm":
             return False
+        if role.startswith(PRE_NORMS):
+            return self.norm_position in ("pre", "sandwich")
+        if role.startswith(POST_NORMS):
+            return self.norm_position in ("post", "sandwich")
+        if role in QK_NORM_GAINS["head"] or role in QK_NORM_GAINS["all"]:
+            return role in QK_NORM_GAINS.get(self.qk_norm, ())
         if role == "pos.weight":
             return self.position == "learned"
         if role == "final_norm.weight" or role == "final_norm.bias":
-            return self.final_norm and self.has_role(role.replace("final_", "attn_"))
+            return self.final_norm
         if role == "unembed.weight":
             return not self.tie_embeddings
         if role.startswith("mlp.gate."):
@@ -112,7 +138,7 @@ class ModelShape:
         if layer is not None:
             s = self.layers[layer]
             sizes.update(
-                mlp=s.mlp, q=s.heads * s.key, k=s.kv_heads * s.key,
+                mlp=s.mlp, head=s.key, q=s.heads * s.key, k=s.kv_heads * s.key,
                 v=s.kv_heads * s.value, o=s.heads * s.value,
             )
         return sizes
@@ -157,6 +183,9 @@ class ModelShape:
             "final_norm": self.final_norm,
             "tie_embeddings": self.tie_embeddings,
             "bias": list(self.bias),
+            "qk_norm": self.qk_norm,
+            "norm_position": self.norm_position,
+            "rope_scaling": dict(self.rope_scaling) or None,
             "layers": [
                 {"mlp": s.mlp, "heads": s.heads, "kv_heads": s.kv_heads, "key": s.key, "value": s.value}
                 for s in self.layers
@@ -168,7 +197,8 @@ class ModelShape:
         cfg = dict(cfg)
         cfg.pop("specgrow_config", None)
         layers = tuple(LayerShape(**layer) for layer in cfg.pop("layers"))
-        return cls(layers=layers, bias=tuple(cfg.pop("bias", ())), **cfg)
+        scaling = tuple(sorted((cfg.pop("rope_scaling", None) or {}).items()))
+        return cls(layers=layers, bias=tuple(cfg.pop("bias", ())), rope_scaling=scaling, **cfg)
 
 
 def tensor_name(role: str, layer: int | None) -> str:

@@ -16,7 +16,7 @@ from sympy import (BlockMatrix, HadamardPower, HadamardProduct, Identity, MatMul
 
 from specgrow.models.reference import ACTIVATIONS, attend, normalize
 from specgrow.models.reference import rope as reference_rope
-from specgrow.shape import LayerShape
+from specgrow.shape import LayerShape, ModelShape
 from specgrow.spec import load_spec
 from specgrow.verify import algebra, ops, prover
 from specgrow.verify.algebra import Trace, apply_fn, collapse, elementwise_fn, sub
@@ -124,11 +124,12 @@ def test_softmax_is_causal_and_row_wise():
 
 @pytest.mark.parametrize("position", ["none", "rope"])
 def test_heads_match_the_reference_attention(position):
-    shape = LayerShape(mlp=8, heads=6, kv_heads=2, key=4, value=3)
+    layer = LayerShape(mlp=8, heads=6, kv_heads=2, key=4, value=3)
+    model = ModelShape(hidden=8, vocab=4, positions=8, layers=(layer,), position=position, rope_theta=THETA)
     q, kk, v = (MatrixSymbol(name, 5, cols) for name, cols in (("q", 24), ("k", 8), ("v", 6)))
     env = {}
     out = evaluate(Heads(q, kk, v, 4, 3, sp.Rational(1, 2), int(position == "rope")), env)
-    expected = attend(*(as_torch(array(m, env))[None] for m in (q, kk, v)), shape, position, THETA)[0]
+    expected = attend(*(as_torch(array(m, env))[None] for m in (q, kk, v)), layer, model)[0]
     close(out, expected.numpy())
 
 

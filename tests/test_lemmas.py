@@ -90,11 +90,13 @@ def test_gqa_split_index_level():
 
 def test_gqa_split_numeric():
     from specgrow.models.reference import Attention
-    from specgrow.shape import LayerShape
+    from specgrow.shape import LayerShape, ModelShape
 
-    full = Attention(8, LayerShape(mlp=4, heads=6, kv_heads=3, key=4, value=2), (), "rope", 100.0)
-    first = Attention(8, LayerShape(mlp=4, heads=2, kv_heads=1, key=4, value=2), (), "rope", 100.0)
-    rest = Attention(8, LayerShape(mlp=4, heads=4, kv_heads=2, key=4, value=2), (), "rope", 100.0)
+    def attention(heads, kv_heads):
+        layer = LayerShape(mlp=4, heads=heads, kv_heads=kv_heads, key=4, value=2)
+        return Attention(ModelShape(8, 4, 8, (layer,), position="rope", rope_theta=100.0), layer)
+
+    full, first, rest = attention(6, 3), attention(2, 1), attention(4, 2)
     with torch.no_grad():
         first.q.weight.copy_(full.q.weight[:8]), rest.q.weight.copy_(full.q.weight[8:])
         first.k.weight.copy_(full.k.weight[:4]), rest.k.weight.copy_(full.k.weight[4:])

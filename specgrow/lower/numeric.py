@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from specgrow.lower.stream import StateSource, bands, whole
-from specgrow.models.reference import activate, attend, normalize
-from specgrow.shape import ModelShape
+from specgrow.models.reference import activate, attend, normalize, sublayer
+from specgrow.shape import QK_NORM_GAINS, ModelShape
 
 TOLERANCE = {  # dtype -> (atol, rtol)
     torch.float32: (1e-4, 1e-4),
@@ -75,17 +75,24 @@ def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes:
         bias = vector(f"{prefix}.bias", layer) if shape.norm == "layernorm" else None
         return normalize(x, shape.norm, shape.norm_eps, vector(f"{prefix}.weight", layer), bias)
 
+    def norm_of(prefix, layer):  # the norm ``prefix`` of a layer as a function, None if absent
+        return (lambda x: norm(x, prefix, layer)) if shape.has_role(f"{prefix}.weight") else None
+
+    def attention(h, i, s):
+        gains = [vector(role, i) for role in QK_NORM_GAINS.get(shape.qk_norm, ())] or [None, None]
+        heads = attend(linear(h, "attn.q", i), linear(h, "attn.k", i), linear(h, "attn.v", i), s, shape, *gains)
+        return linear(heads, "attn.o", i)
+
+    def mlp(h, i):
+        gate = linear(h, "mlp.gate", i) if shape.activation == "swiglu" else None
+        return linear(activate(shape.activation, linear(h, "mlp.up", i), gate), "mlp.down", i)
+
     x = _embed(source, tokens, shape.hidden, band_bytes)  # (B, T, h)
     if shape.position == "learned":
         x = x + source.rows(("pos.weight", None), 0, tokens.shape[1]).to(device).float()
     for i, s in enumerate(shape.layers):
-        h = norm(x, "attn_norm", i)
-        heads = attend(linear(h, "attn.q", i), linear(h, "attn.k", i), linear(h, "attn.v", i), s,
-                       shape.position, shape.rope_theta)
-        x = x + linear(heads, "attn.o", i)
-        h = norm(x, "mlp_norm", i)
-        gate = linear(h, "mlp.gate", i) if shape.activation == "swiglu" else None
-        x = x + linear(activate(shape.activation, linear(h, "mlp.up", i), gate), "mlp.down", i)
+        x = x + sublayer(lambda h: attention(h, i, s), x, norm_of("attn_norm", i), norm_of("attn_post_norm", i))
+        x = x + sublayer(lambda h: mlp(h, i), x, norm_of("mlp_norm", i), norm_of("mlp_post_norm", i))
     if shape.final_norm:
         x = norm(x, "final_norm")
     head = ("embed.weight", None) if shape.tie_embeddings else ("unembed.weight", None)

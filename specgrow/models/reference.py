@@ -1,12 +1,15 @@
 """The reference Transformer: the semantics specgrow proves and the model it grows by default.
 
-Pre-norm decoder: ``x = embed(t) [+ pos(t)]``; each layer ``x += attn(norm(x))``,
-``x += mlp(norm(x))``; optional final norm; logits ``x @ unembed.T`` (or the embedding,
-tied). RMSNorm ``x * g / sqrt(mean(x^2) + eps)`` or LayerNorm; relu/gelu/silu MLP
-``down(act(up(x)))`` or SwiGLU ``down(silu(gate(x)) * up(x))``; causal attention with
+Decoder: ``x = embed(t) [+ pos(t)]``; each layer ``x += attn(norm(x))``,
+``x += mlp(norm(x))`` (``norm_position: pre``), ``x += norm(f(x))`` (``post``) or
+``x += norm(f(norm(x)))`` (``sandwich``); optional final norm; logits ``x @ unembed.T`` (or
+the embedding, tied). RMSNorm ``x * g / sqrt(mean(x^2) + eps)`` or LayerNorm; relu/gelu/silu
+MLP ``down(act(up(x)))`` or SwiGLU ``down(silu(gate(x)) * up(x))``; causal attention with
 GQA (query head ``j`` reads kv head ``j // (heads/kv_heads)``), scale ``1/sqrt(key)``,
-optional RoPE in the ``rotate_half`` convention (dim ``i`` pairs with ``i + key/2``,
-``inv_freq_i = theta^(-2i/key)``). Widths may differ per layer.
+optional QK-norm (RMSNorm with the model's eps, per head over the key width or over all
+heads at once, before RoPE), optional RoPE in the ``rotate_half`` convention (dim ``i``
+pairs with ``i + key/2``, ``inv_freq_i = theta^(-2i/key)``, rescaled by the rope scaling of
+`specgrow.rope`). Widths may differ per layer.
 
 >>> import torch
 >>> from specgrow.shape import ModelShape, LayerShape
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specgrow import rope as frequencies
 from specgrow.shape import LayerShape, ModelShape, tensor_name
 
 ACTIVATIONS = {
@@ -50,39 +54,50 @@ def normalize(x, kind: str, eps: float, weight, bias=None):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-def rope(x, theta: float):
-    """Rotate ``x`` (B, heads, T, key) by position, ``rotate_half`` pairing."""
+def rope(x, theta: float, scaling: tuple = (), positions: int = 0):
+    """Rotate ``x`` (B, heads, T, key) by position, ``rotate_half`` pairing; ``scaling`` and
+    ``positions`` (max_position_embeddings) as `specgrow.rope.frequencies` reads them."""
     seq, width = x.shape[-2], x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, width, 2, dtype=torch.float64, device=x.device) / width)
-    angles = torch.arange(seq, dtype=torch.float64, device=x.device)[:, None] * inv_freq  # (T, key/2)
-    angles = torch.cat([angles, angles], dim=-1)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    cos, sin = frequencies.angles(width, theta, scaling, positions, seq)  # (T, key) float64
+    cos, sin = torch.from_numpy(cos).to(x.device, x.dtype), torch.from_numpy(sin).to(x.device, x.dtype)
     half = width // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int, s: LayerShape, bias: tuple[str, ...], position: str, theta: float):
+    def __init__(self, shape: ModelShape, s: LayerShape):
         super().__init__()
-        self.s, self.position, self.theta = s, position, theta
+        hidden, bias = shape.hidden, shape.bias
+        self.s, self.shape = s, shape
         self.q = nn.Linear(hidden, s.heads * s.key, bias="q" in bias)
         self.k = nn.Linear(hidden, s.kv_heads * s.key, bias="k" in bias)
         self.v = nn.Linear(hidden, s.kv_heads * s.value, bias="v" in bias)
         self.o = nn.Linear(s.heads * s.value, hidden, bias="o" in bias)
+        widths = {"head": (s.key, s.key), "all": (s.heads * s.key, s.kv_heads * s.key)}.get(shape.qk_norm)
+        self.q_norm = Norm(widths[0], "rmsnorm", shape.norm_eps) if widths else None
+        self.k_norm = Norm(widths[1], "rmsnorm", shape.norm_eps) if widths else None
 
     def forward(self, x):
-        return self.o(attend(self.q(x), self.k(x), self.v(x), self.s, self.position, self.theta))
+        gains = (self.q_norm.weight, self.k_norm.weight) if self.q_norm is not None else (None, None)
+        return self.o(attend(self.q(x), self.k(x), self.v(x), self.s, self.shape, *gains))
 
 
-def attend(q, k, v, s: LayerShape, position: str, theta: float):
-    """Causal multi-head attention of projected ``q`` (B, T, H*k), ``k`` (B, T, G*k), ``v`` (B, T, G*v)."""
+def attend(q, k, v, s: LayerShape, shape: ModelShape, q_gain=None, k_gain=None):
+    """Causal multi-head attention of projected ``q`` (B, T, H*k), ``k`` (B, T, G*k), ``v`` (B, T, G*v),
+    with the model's QK-norm (its gains ``q_gain``, ``k_gain``) and RoPE."""
     B, T, _ = q.shape
+    eps = shape.norm_eps
+    if shape.qk_norm == "all":  # OLMo 2: over all heads at once, before the split
+        q, k = normalize(q, "rmsnorm", eps, q_gain), normalize(k, "rmsnorm", eps, k_gain)
     q = q.view(B, T, s.heads, s.key).transpose(1, 2)  # (B, H, T, k)
     k = k.view(B, T, s.kv_heads, s.key).transpose(1, 2)  # (B, G, T, k)
     v = v.view(B, T, s.kv_heads, s.value).transpose(1, 2)  # (B, G, T, v)
-    if position == "rope":
-        q, k = rope(q, theta), rope(k, theta)
+    if shape.qk_norm == "head":  # Qwen3, Gemma 3: each head over its key width
+        q, k = normalize(q, "rmsnorm", eps, q_gain), normalize(k, "rmsnorm", eps, k_gain)
+    if shape.position == "rope":
+        q = rope(q, shape.rope_theta, shape.rope_scaling, shape.positions)
+        k = rope(k, shape.rope_theta, shape.rope_scaling, shape.positions)
     group = s.heads // s.kv_heads
     k = k.repeat_interleave(group, dim=1)  # (B, H, T, k)
     v = v.repeat_interleave(group, dim=1)  # (B, H, T, v)
@@ -117,14 +132,22 @@ class Layer(nn.Module):
     def __init__(self, shape: ModelShape, s: LayerShape):
         super().__init__()
         h = shape.hidden
-        self.attn_norm = Norm(h, shape.norm, shape.norm_eps)
-        self.attn = Attention(h, s, shape.bias, shape.position, shape.rope_theta)
-        self.mlp_norm = Norm(h, shape.norm, shape.norm_eps)
+        pre, post = shape.norm_position in ("pre", "sandwich"), shape.norm_position in ("post", "sandwich")
+        norm = lambda on: Norm(h, shape.norm, shape.norm_eps) if on else None  # noqa: E731
+        self.attn_norm, self.attn_post_norm = norm(pre), norm(post)
+        self.attn = Attention(shape, s)
+        self.mlp_norm, self.mlp_post_norm = norm(pre), norm(post)
         self.mlp = MLP(h, s.mlp, shape.activation, shape.bias)
 
     def forward(self, x):
-        x = x + self.attn(self.attn_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + sublayer(self.attn, x, self.attn_norm, self.attn_post_norm)
+        return x + sublayer(self.mlp, x, self.mlp_norm, self.mlp_post_norm)
+
+
+def sublayer(f, x, pre=None, post=None):
+    """What a sublayer adds to the residual stream: ``post(f(pre(x)))``, a missing norm skipped."""
+    y = f(pre(x) if pre is not None else x)
+    return post(y) if post is not None else y
 
 
 class ReferenceModel(nn.Module):

@@ -43,7 +43,8 @@ from specgrow.spec.yaml_loader import Document, KeyPath
 
 MAX_LAYERS = 4096
 MODEL_FIELDS = ("arch", "dims", *(f"dims.{f.name}" for f in fields(Dims)), "norm", "norm_eps", "activation",
-                "position", "rope_theta", "final_norm", "tie_embeddings", "bias")
+                "position", "rope_theta", "final_norm", "tie_embeddings", "bias", "qk_norm", "norm_position",
+                "rope_scaling")
 # the widths each step kind changes: a shape a HF config cannot express is blamed on the last step
 # that changed one of the widths involved
 CHANGES = {"mlp": ("mlp",), "heads": ("heads", "kv_heads"), "value": ("value",), "key": ("key",),
@@ -438,7 +439,19 @@ def _model(doc: Document, raw: dict) -> ModelSpec:
         final_norm=raw.get("final_norm", True),
         tie_embeddings=raw.get("tie_embeddings", False),
         bias=_biases(raw.get("bias", False)),
+        qk_norm=raw.get("qk_norm", "none"),
+        norm_position=raw.get("norm_position", "pre"),
+        rope_scaling=_rope_scaling(doc, raw.get("rope_scaling")),
     )
+
+
+def _rope_scaling(doc: Document, raw) -> tuple:
+    """The rope scaling as sorted (key, value) pairs, numbers as floats but the context length."""
+    if raw is None:
+        return ()
+    out = {key: (float(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
+                 and key != "original_max_position_embeddings" else value) for key, value in raw.items()}
+    return tuple(sorted(out.items()))
 
 
 def _biases(raw) -> tuple[str, ...]:

@@ -68,7 +68,7 @@ class Dims:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    arch: Literal["reference", "gpt2", "llama"]
+    arch: str  # a family of `specgrow.arch.FAMILIES`
     dims: Dims
     norm: Norm
     norm_eps: float
@@ -78,6 +78,9 @@ class ModelSpec:
     final_norm: bool
     tie_embeddings: bool
     bias: tuple[str, ...]  # the projections (of PROJECTIONS) that carry a bias
+    qk_norm: str = "none"  # none | head | all
+    norm_position: str = "pre"  # pre | post | sandwich
+    rope_scaling: tuple = ()  # (key, value) pairs sorted by key; () none
 
 
 # ---------------------------------------------------------------- the steps

@@ -26,7 +26,7 @@ p, G, r, k, v = sym("p"), sym("G"), sym("r"), sym("k"), sym("v")
 
 # Symbolic size of each axis space (heads = G * r: kv groups times queries per group).
 SPACE_SIZE = {
-    "residual": h, "vocab": V, "positions": Tp, "mlp": p,
+    "residual": h, "vocab": V, "positions": Tp, "mlp": p, "head": k,
     "q": G * r * k, "k": G * k, "v": G * v, "o": G * r * v,
 }
 

@@ -15,15 +15,17 @@ import functools
 from dataclasses import replace
 
 from specgrow.ir import sym
-from specgrow.shape import LAYER_ROLES
-from specgrow.spec.types import Zeros
+from specgrow.shape import LAYER_ROLES, QK_NORM_GAINS
+from specgrow.spec.types import Ones, Zeros
 from specgrow.transforms.common import SPACE_SIZE, Grown, duplicate_segments, grow_tensor, layer_dims, pad
 
 G, dG, r, k, v = sym("G"), sym("dG"), sym("r"), sym("k"), sym("v")
 
 # space -> (per-head width, heads per group): q has G*r heads of width k, k has G of k, ...
 _UNIT = {"q": (k, r), "k": (k, 1), "v": (v, 1), "o": (v, r)}
-_ROLES = {"attn.q": "q", "attn.k": "k", "attn.v": "v", "attn.o": "o"}
+_ROLES = {"attn.q": "q", "attn.k": "k", "attn.v": "v", "attn.o": "o",
+          # the all-heads QK-norm's gains (`qk_norm: all`) grow with the heads they weigh
+          QK_NORM_GAINS["all"][0][:-len(".weight")]: "q", QK_NORM_GAINS["all"][1][:-len(".weight")]: "k"}
 
 
 def compile_step(step, shape, ctx):
@@ -56,5 +58,5 @@ def _segments(step, space, role, groups):
     added = groups * per_group * width
     if step.method == "duplicate":
         return duplicate_segments(old, added, fan_out=space == "o")
-    fill = Zeros() if role.endswith(".bias") else space
+    fill = Zeros() if role.endswith(".bias") else Ones() if role in QK_NORM_GAINS["all"] else space
     return pad(old, old + added, fill)

@@ -19,7 +19,8 @@ from dataclasses import replace
 import sympy
 
 from specgrow.ir import Grouped, Range, sym
-from specgrow.spec.types import Zeros
+from specgrow.shape import QK_NORM_GAINS
+from specgrow.spec.types import Ones, Zeros
 from specgrow.transforms.common import Grown, Segment, grow_tensor, layer_dims
 
 G, r, k, dk = sym("G"), sym("r"), sym("k"), sym("dk")
@@ -38,11 +39,15 @@ def compile_step(step, shape, ctx):
         targets = {
             "attn.q.weight": ("q", G * r, "q"), "attn.q.bias": ("q", G * r, Zeros()),
             "attn.k.weight": ("k", G, "k"), "attn.k.bias": ("k", G, Zeros()),
+            # QK-norm gains follow the columns they weigh; new entries 1, old ones kept (no exact
+            # growth exists under a QK-norm with eps: the prover refutes it and says why)
+            QK_NORM_GAINS["head"][0]: ("head", 1, Ones()), QK_NORM_GAINS["head"][1]: ("head", 1, Ones()),
+            QK_NORM_GAINS["all"][0]: ("q", G * r, Ones()), QK_NORM_GAINS["all"][1]: ("k", G, Ones()),
         }
         for role, (space, heads, fill) in targets.items():
             if not shape.has_role(role):
                 continue
-            scale = factor if step.rescale == space else 1
+            scale = factor if step.rescale == space and role.startswith(("attn.q.", "attn.k.")) else 1
             segments = _segments(step.placement, heads, new, fill, scale, step.to // old)
             grow = {space: (heads * new, segments)}
             edits.append(grow_tensor(ctx, shape, role, i, grow, dims))

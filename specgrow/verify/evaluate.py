@@ -30,7 +30,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.transpose import Transpose
 
 from specgrow.verify.algebra import Activation
-from specgrow.verify.ops import Heads, LayerNorm, RMSNorm, Rope, Softmax
+from specgrow.verify.ops import HeadNorm, Heads, LayerNorm, RMSNorm, Rope, Softmax
 
 MIN_DIM, MAX_DIM = 2, 6  # integer dims are drawn from MIN_DIM..MAX_DIM: every shape stays tiny
 DRAWS = 200  # random draws tried for one assignment before giving up
@@ -320,6 +320,17 @@ def _rmsnorm(e, values):
     return x * g / np.sqrt((x ** 2).mean(axis=1, keepdims=True) + eps)
 
 
+def _headnorm(e, values):
+    x, g, eps = (evaluate(a, values) for a in e.args[:3])
+    width = _size(e.args[3], values, e)
+    if x.shape[1] % width:
+        raise ShapeError(f"HeadNorm: {x.shape[1]} columns are not whole heads of {width}")
+    _fits(e, g.shape, (1, width))
+    heads = x.reshape(x.shape[0], x.shape[1] // width, width)  # (n, heads, width)
+    normed = heads * g[0] / np.sqrt((heads ** 2).mean(axis=2, keepdims=True) + eps)
+    return normed.reshape(x.shape)
+
+
 def _layernorm(e, values):
     x, g, b, eps = (evaluate(a, values) for a in e.args)
     _fits(e, g.shape, b.shape, (1, x.shape[1]))
@@ -404,6 +415,7 @@ NODES = (
     (HadamardPower, lambda e, values: evaluate(e.base, values) ** evaluate(e.exp, values)),
     (ElementwiseApplyFunction, _elementwise),
     (RMSNorm, _rmsnorm),
+    (HeadNorm, _headnorm),
     (LayerNorm, _layernorm),
     (Softmax, _softmax),
     (Heads, _heads),

@@ -16,6 +16,11 @@ uses these identities (each proved at index level and checked numerically in
 * ``rope_linear``: RoPE(c*X) = c * RoPE(X), RoPE(0) = 0.
 * ``zero_gain``: RMSNorm(x, 0, e) = 0 and LayerNorm(x, 0, b, e) = 1 * b.
 * ``heads_of_zero_values``: Heads(Q, K, 0) = 0 (each row of the softmax weighs zeros).
+* ``norm_of_zero``: RMSNorm(0, g, e) = 0 and LayerNorm(0, g, b, e) = 1 * b, for e != 0 (with
+  e = 0 it is 0/0: not rewritten). A post-sublayer norm of a zeroed sublayer is zero.
+* ``head_norm_split``: HeadNorm([A, B], g, e, w) = [HeadNorm(A, g, e, w), HeadNorm(B, g, e, w)]
+  when A and B hold whole heads of width w (the per-head QK-norm acts on each head alone);
+  HeadNorm(0, g, e, w) = 0 for e != 0; HeadNorm(x, c*g, e, w) = c * HeadNorm(x, g, e, w).
 """
 
 from __future__ import annotations
@@ -91,6 +96,18 @@ class LayerNorm(_Op):
         return self.args[0].shape
 
 
+class HeadNorm(_Op):
+    """Row-wise RMSNorm of each run of ``width`` columns (one head) of x (n, heads*width), one gain
+    g (1, width) for every head: the per-head QK-norm (``qk_norm: head``)."""
+
+    def __new__(cls, x, g, eps, width):
+        return MatrixExpr.__new__(cls, x, g, _eps(eps), sp.sympify(width))
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+
 class Heads(_Op):
     """The concatenated outputs of a block of attention heads from their projections.
 
@@ -136,6 +153,9 @@ def r_rmsnorm(e, trace):
     if isinstance(g, ZeroMatrix):
         trace.lemma("zero_gain")
         return ZeroMatrix(*e.shape)
+    if isinstance(x, ZeroMatrix) and eps != 0:
+        trace.lemma("norm_of_zero")
+        return ZeroMatrix(*e.shape)
     c, g0 = _split_scalar(g)
     if c != 1:
         trace.lemma("gain_linear")
@@ -161,8 +181,8 @@ def r_rmsnorm(e, trace):
 
 def r_layernorm(e, trace):
     x, g, b, eps = e.args
-    if isinstance(g, ZeroMatrix):
-        trace.lemma("zero_gain")
+    if isinstance(g, ZeroMatrix) or isinstance(x, ZeroMatrix) and eps != 0:
+        trace.lemma("zero_gain" if isinstance(g, ZeroMatrix) else "norm_of_zero")
         return ZeroMatrix(*e.shape) if isinstance(b, ZeroMatrix) else mul(OneMatrix(x.shape[0], 1), b)
     cg, g0 = _split_scalar(g)
     cb, b0 = _split_scalar(b)
@@ -175,6 +195,30 @@ def r_layernorm(e, trace):
             trace.lemma("norm_copies")
             return BlockMatrix([[LayerNorm(x.blocks[0], gi, bi, eps) for gi, bi in zip(g.blocks, b.blocks)]])
     return e
+
+
+def r_headnorm(e, trace):
+    x, g, eps, width = e.args
+    if isinstance(g, ZeroMatrix) or isinstance(x, ZeroMatrix) and eps != 0:
+        trace.lemma("head_norm_split")
+        return ZeroMatrix(*e.shape)
+    c, g0 = _split_scalar(g)
+    if c != 1:
+        trace.lemma("head_norm_split")
+        return mul(c, HeadNorm(x, g0, eps, width))
+    if isinstance(x, BlockMatrix) and x.blockshape[0] == 1 and len(x.blocks) > 1:
+        if all(_whole(b.shape[1], width) for b in x.blocks):
+            trace.lemma("head_norm_split")
+            return BlockMatrix([[HeadNorm(b, g, eps, width) for b in x.blocks]])
+    return e
+
+
+def _whole(columns, width) -> bool:
+    """Whether ``columns`` is a whole number of heads of ``width``: a polynomial in the dims
+    with integer coefficients once divided."""
+    ratio = sp.cancel(sp.sympify(columns) / width)
+    numerator, denominator = sp.fraction(ratio)
+    return denominator == 1 and ratio.is_integer is True
 
 
 def r_heads(e, trace):
@@ -218,4 +262,4 @@ def r_heads_zero(e, trace):
     return r_heads(e, trace)
 
 
-LEMMAS = {RMSNorm: r_rmsnorm, LayerNorm: r_layernorm, Heads: r_heads_zero, Rope: r_rope}
+LEMMAS = {RMSNorm: r_rmsnorm, LayerNorm: r_layernorm, Heads: r_heads_zero, Rope: r_rope, HeadNorm: r_headnorm}

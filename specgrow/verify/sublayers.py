@@ -15,8 +15,9 @@ from specgrow.ir import sym
 from specgrow.transforms.common import SPACE_SIZE
 from specgrow.verify.algebra import Trace, add, apply_fn, collapse, elementwise_fn, mul
 from specgrow.verify.build import Stuck, symbolize
-from specgrow.verify.ops import LEMMAS, Heads, LayerNorm, RMSNorm, Rope, Softmax
-from specgrow.shape import GLOBAL_ROLES, LAYER_ROLES
+from specgrow.verify.ops import LEMMAS, HeadNorm, Heads, LayerNorm, RMSNorm, Rope, Softmax
+from specgrow.rope import WIDTH_DEPENDENT
+from specgrow.shape import GLOBAL_ROLES, LAYER_ROLES, QK_NORM_GAINS
 from specgrow.ir import Grouped
 
 n = sp.Symbol("n", positive=True, integer=True)
@@ -79,13 +80,58 @@ def norm(w, prefix, x_new, x_old, eps_new):
     return RMSNorm(x_new, g_new, eps_new), RMSNorm(x_old, g_old, EPS)
 
 
+def pre_norm(w, prefix, x_new, x_old, eps_new):
+    """The norm before a sublayer when the model has one (``norm_position`` pre, sandwich), else x."""
+    return norm(w, prefix, x_new, x_old, eps_new) if w.has(f"{prefix}.weight") else (x_new, x_old)
+
+
+def post_norm(w, prefix, pair, eps_new):
+    """The norm on a sublayer's output when the model has one (``norm_position`` post, sandwich)."""
+    return norm(w, prefix, pair[0], pair[1], eps_new) if w.has(f"{prefix}.weight") else pair
+
+
+def qk_norm_whole(w, q, k_, key_new, eps_new):
+    """The QK-norm of all heads' queries and keys (n, heads*key): per head (`HeadNorm`) or over
+    all heads at once (`RMSNorm`), with the model's one eps; unchanged without a QK-norm."""
+    if w.shape.qk_norm == "none":
+        return q, k_
+    (gq_new, gq_old), (gk_new, gk_old) = (w.get(role) for role in QK_NORM_GAINS[w.shape.qk_norm])
+    if w.shape.qk_norm == "head":
+        return ((HeadNorm(q[0], gq_new, eps_new, key_new), HeadNorm(q[1], gq_old, EPS, k)),
+                (HeadNorm(k_[0], gk_new, eps_new, key_new), HeadNorm(k_[1], gk_old, EPS, k)))
+    return ((RMSNorm(q[0], gq_new, eps_new), RMSNorm(q[1], gq_old, EPS)),
+            (RMSNorm(k_[0], gk_new, eps_new), RMSNorm(k_[1], gk_old, EPS)))
+
+
+def qk_norm_head(w, q, k_, x_new, x_old, eps_new):
+    """The QK-norm of one generic head's query and key (n, key). An all-heads norm couples the
+    heads: it is only written, as the same opaque normed query and key on both sides, when
+    nothing it reads changes (else `Stuck`)."""
+    if w.shape.qk_norm == "none":
+        return q, k_
+    if w.shape.qk_norm == "head":
+        (gq_new, gq_old), (gk_new, gk_old) = (w.get(role) for role in QK_NORM_GAINS["head"])
+        return ((RMSNorm(q[0], gq_new, eps_new), RMSNorm(q[1], gq_old, EPS)),
+                (RMSNorm(k_[0], gk_new, eps_new), RMSNorm(k_[1], gk_old, EPS)))
+    reads = ("attn_norm.", "attn.q.", "attn.k.", *QK_NORM_GAINS["all"])
+    if x_new != x_old or any(role.startswith(reads) for role in w.edits):
+        raise Stuck("the all-heads QK-norm couples the heads: a per-head step that changes what it reads "
+                    "is not proved head by head")
+    qn, kn = MatrixSymbol("q_normed", *q[1].shape), MatrixSymbol("k_normed", *k_[1].shape)
+    return (qn, qn), (kn, kn)
+
+
 def _project(w, role, x_new, x_old):
     w_new, w_old = w.get(f"{role}.weight")
     return _add_bias(w, f"{role}.bias", (mul(x_new, w_new), mul(x_old, w_old)))
 
 
 def mlp(w, x_new, x_old, eps_new):
-    xn_new, xn_old = norm(w, "mlp_norm", x_new, x_old, eps_new)
+    return post_norm(w, "mlp_post_norm", _mlp(w, x_new, x_old, eps_new), eps_new)
+
+
+def _mlp(w, x_new, x_old, eps_new):
+    xn_new, xn_old = pre_norm(w, "mlp_norm", x_new, x_old, eps_new)
     up_new, up_old = _project(w, "mlp.up", xn_new, xn_old)
     if w.shape.activation == "swiglu":
         silu = elementwise_fn("silu")
@@ -100,24 +146,29 @@ def mlp(w, x_new, x_old, eps_new):
 
 def attention(w, x_new, x_old, eps_new, key_new, value_new):
     """Whole-head view: the concatenated heads times the output projection."""
-    xn_new, xn_old = norm(w, "attn_norm", x_new, x_old, eps_new)
+    xn_new, xn_old = pre_norm(w, "attn_norm", x_new, x_old, eps_new)
     q, k_, v_ = (_project(w, f"attn.{r}", xn_new, xn_old) for r in ("q", "k", "v"))
+    q, k_ = qk_norm_whole(w, q, k_, key_new, eps_new)
     rope = int(w.shape.position == "rope")
     heads_new = Heads(q[0], k_[0], v_[0], key_new, value_new, 1 / sp.sqrt(key_new), rope)
     heads_old = Heads(q[1], k_[1], v_[1], k, v, 1 / sp.sqrt(k), rope)
     o_new, o_old = w.get("attn.o.weight")
-    return _add_bias(w, "attn.o.bias", (mul(heads_new, o_new), mul(heads_old, o_old)))
+    out = _add_bias(w, "attn.o.bias", (mul(heads_new, o_new), mul(heads_old, o_old)))
+    return post_norm(w, "attn_post_norm", out, eps_new)
 
 
 def attention_head(w, x_new, x_old, eps_new, key_new, value_new, side, same_scores=True):
-    """One generic head (and its kv group): softmax(R(q) R(k)^T / sqrt(key)) v o_head.
+    """One generic head (and its kv group): softmax(R(q) R(k)^T / sqrt(key)) v o_head, with the
+    head's QK-norm. A post-sublayer norm is not written: a per-head step keeps the stream, so
+    heads whose contributions are preserved give the norm the same input.
 
     Returns ((contribution_new, contribution_old), (scores_new, scores_old)). With
     ``same_scores`` (once proved) the grown head's softmax is written with the old scores.
     """
-    xn_new, xn_old = norm(w, "attn_norm", x_new, x_old, eps_new)
+    xn_new, xn_old = pre_norm(w, "attn_norm", x_new, x_old, eps_new)
     q = _project(w, "attn.q", xn_new, xn_old)
     k_ = _project(w, "attn.k", xn_new, xn_old)
+    q, k_ = qk_norm_head(w, q, k_, x_new, x_old, eps_new)
     if w.segments.get("attn.q.weight", (None,))[0] != w.segments.get("attn.k.weight", (None,))[0]:
         raise Stuck("query and key heads are cut differently (no shared permutation)")
     if w.shape.position == "rope":
@@ -139,6 +190,10 @@ def rotate(w, x, width, side):
     """RoPE of a grown head in segment order, by the `rope_placement` lemma when it applies."""
     if "attn.q.weight" not in w.edits and "attn.k.weight" not in w.edits and width == k:
         return Rope(x, k, "old")  # the head's width and its query/key weights are unchanged
+    scaling = dict(w.shape.rope_scaling).get("type")
+    if scaling in WIDTH_DEPENDENT and width != k:
+        side.append((f"rope scaling {scaling}: its frequencies depend on the head width itself: k' - k", width - k))
+        return Rope(x, width, "new")
     placements = w.placements.get("attn.q.weight", ())
     where = lambda ps: [(p.old_start, p.old_stop, p.new_start, p.new_step) for p in ps]  # noqa: E731
     if where(placements) != where(w.placements.get("attn.k.weight", placements)):

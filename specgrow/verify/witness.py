@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from specgrow.ir import Const, Grouped, Old, Random, Range, StepPlan, TensorEdit
+from specgrow.rope import angles
 from specgrow.shape import NORM_GAINS, ModelShape
 from specgrow.verify.result import Counterexample
 
@@ -134,15 +135,28 @@ def logits(shape: ModelShape, state: State, tokens: np.ndarray) -> np.ndarray:
     if shape.position == "learned":
         x = x + state[("pos.weight", None)][:tokens.shape[1]]
     for i, s in enumerate(shape.layers):
-        x = x + _attention(shape, state, i, _norm(shape, state, x, "attn_norm", i))
-        h = _norm(shape, state, x, "mlp_norm", i)
-        gate = _linear(shape, state, h, "mlp.gate", i) if shape.activation == "swiglu" else None
-        x = x + _linear(shape, state, _activate(shape.activation, _linear(shape, state, h, "mlp.up", i), gate),
-                        "mlp.down", i)
+        x = x + _sublayer(shape, state, x, i, "attn", lambda h: _attention(shape, state, i, h))
+        x = x + _sublayer(shape, state, x, i, "mlp", lambda h: _mlp(shape, state, i, h))
     if shape.final_norm:
         x = _norm(shape, state, x, "final_norm", None)
     head = state[("embed.weight", None) if shape.tie_embeddings else ("unembed.weight", None)]
     return x @ head.T  # (B, T, vocab)
+
+
+def _sublayer(shape: ModelShape, state: State, x: np.ndarray, layer: int, name: str, f) -> np.ndarray:
+    """What sublayer ``name`` adds to the stream: ``post(f(pre(x)))``, with the norms the model has."""
+    if shape.has_role(f"{name}_norm.weight"):
+        x = _norm(shape, state, x, f"{name}_norm", layer)
+    y = f(x)
+    if shape.has_role(f"{name}_post_norm.weight"):
+        y = _norm(shape, state, y, f"{name}_post_norm", layer)
+    return y
+
+
+def _mlp(shape: ModelShape, state: State, layer: int, h: np.ndarray) -> np.ndarray:
+    gate = _linear(shape, state, h, "mlp.gate", layer) if shape.activation == "swiglu" else None
+    return _linear(shape, state, _activate(shape.activation, _linear(shape, state, h, "mlp.up", layer), gate),
+                   "mlp.down", layer)
 
 
 def _linear(shape: ModelShape, state: State, x: np.ndarray, prefix: str, layer: int | None) -> np.ndarray:
@@ -151,10 +165,12 @@ def _linear(shape: ModelShape, state: State, x: np.ndarray, prefix: str, layer: 
     return y + state[(f"{prefix}.bias", layer)] if shape.has_role(f"{prefix}.bias") else y
 
 
-def _norm(shape: ModelShape, state: State, x: np.ndarray, prefix: str, layer: int | None) -> np.ndarray:
-    """RMSNorm ``x * g / sqrt(mean(x^2) + eps)`` or LayerNorm (biased variance) over the last axis."""
+def _norm(shape: ModelShape, state: State, x: np.ndarray, prefix: str, layer: int | None,
+          kind: str | None = None) -> np.ndarray:
+    """RMSNorm ``x * g / sqrt(mean(x^2) + eps)`` or LayerNorm (biased variance) over the last axis
+    (``kind``: the model's norm unless given)."""
     gain = state[(f"{prefix}.weight", layer)]
-    if shape.norm == "layernorm":
+    if (kind or shape.norm) == "layernorm":
         centered = x - x.mean(-1, keepdims=True)  # (..., h)
         var = (centered ** 2).mean(-1, keepdims=True)  # (..., 1)
         return centered / np.sqrt(var + shape.norm_eps) * gain + state[(f"{prefix}.bias", layer)]
@@ -196,13 +212,19 @@ def _attention(shape: ModelShape, state: State, layer: int, x: np.ndarray) -> np
     B, T, _ = x.shape
 
     def heads(prefix: str, count: int, width: int) -> np.ndarray:
-        return _linear(shape, state, x, prefix, layer).reshape(B, T, count, width).transpose(0, 2, 1, 3)
+        y = _linear(shape, state, x, prefix, layer)
+        if shape.qk_norm == "all" and prefix != "attn.v":  # over all heads at once, before the split
+            y = _norm(shape, state, y, f"{prefix}_norm_all", layer, "rmsnorm")
+        y = y.reshape(B, T, count, width).transpose(0, 2, 1, 3)
+        if shape.qk_norm == "head" and prefix != "attn.v":  # each head over its key width
+            y = _norm(shape, state, y, f"{prefix}_norm", layer, "rmsnorm")
+        return y
 
     q = heads("attn.q", s.heads, s.key)  # (B, H, T, k)
     k = heads("attn.k", s.kv_heads, s.key)  # (B, G, T, k)
     v = heads("attn.v", s.kv_heads, s.value)  # (B, G, T, v)
     if shape.position == "rope":
-        q, k = _rope(q, shape.rope_theta), _rope(k, shape.rope_theta)
+        q, k = _rope(q, shape), _rope(k, shape)
     group = s.heads // s.kv_heads  # query head j reads kv head j // group
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # (B, H, T, k), (B, H, T, v)
     scores = q @ k.swapaxes(-1, -2) / math.sqrt(s.key)  # (B, H, T, T)
@@ -213,15 +235,14 @@ def _attention(shape: ModelShape, state: State, layer: int, x: np.ndarray) -> np
     return _linear(shape, state, out, "attn.o", layer)
 
 
-def _rope(x: np.ndarray, theta: float) -> np.ndarray:
-    """Rotate ``x`` (B, heads, T, key) by position, ``rotate_half`` pairing (dim i with i + key/2)."""
+def _rope(x: np.ndarray, shape: ModelShape) -> np.ndarray:
+    """Rotate ``x`` (B, heads, T, key) by position, ``rotate_half`` pairing (dim i with i + key/2),
+    with the model's rope scaling (`specgrow.rope`)."""
     seq, width = x.shape[-2], x.shape[-1]
-    inv_freq = theta ** (-np.arange(0, width, 2, dtype=np.float64) / width)  # (key/2,)
-    angles = np.arange(seq, dtype=np.float64)[:, None] * inv_freq  # (T, key/2)
-    angles = np.concatenate([angles, angles], axis=-1)  # (T, key)
+    cos, sin = angles(width, shape.rope_theta, shape.rope_scaling, shape.positions, seq)  # (T, key)
     half = width // 2
     rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * np.cos(angles) + rotated * np.sin(angles)
+    return x * cos + rotated * sin
 
 
 # ---------------------------------------------------------------- the search
