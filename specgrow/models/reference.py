@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specgrow import rope as frequencies
-from specgrow.shape import LayerShape, ModelShape, tensor_name
+from specgrow.shape import NORM_GAINS, LayerShape, ModelShape, tensor_name
 
 ACTIVATIONS = {
     "relu": F.relu, "gelu": F.gelu, "silu": F.silu,
@@ -182,7 +182,7 @@ def random_state(shape: ModelShape, seed: int, dtype=torch.float32) -> dict[str,
     state = {}
     for (role, layer), dims in shape.tensor_shapes().items():
         noise = torch.randn(dims, generator=gen, dtype=torch.float32)
-        if role.endswith("norm.weight"):
+        if role in NORM_GAINS:
             value = 1 + 0.1 * noise
         elif role.endswith(".bias"):
             value = 0.1 * noise

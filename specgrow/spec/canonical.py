@@ -285,6 +285,16 @@ class _Checker:
                 "interleave places the two halves of each head's key dims, so it needs even key "
                 f"widths: layer {odd[0]} has key {shape.layers[odd[0]].key}",
             )
+        scaling = dict(self.model.rope_scaling).get("type")
+        if rope and scaling in ("yarn", "dynamic"):
+            raise self.fail(
+                path,
+                f"rope_scaling {scaling} computes each frequency from the head width itself ("
+                + ("its correction range is a rounded fraction of the width" if scaling == "yarn"
+                   else "its base is raised to width / (width - 2) beyond the trained length")
+                + "), so no placement of the old dims keeps every old frequency; key growth is not exact "
+                "under this scaling (grow the other widths, or use linear or llama3 scaling)",
+            )
         if placement == "auto":
             placement = "interleave" if rope and not uneven else "append"
         rescale = raw.get("rescale", "k")
@@ -415,6 +425,8 @@ def _model(doc: Document, raw: dict) -> ModelSpec:
     else:
         key = dims["hidden"] // heads
     position = raw.get("position", "learned")
+    if "rope_scaling" in raw and position != "rope":
+        raise _fail(doc, ("model", "rope_scaling"), f"rope_scaling needs position rope, found position {position}")
     if position == "rope" and key % 2:
         where = at + ("key",) if "key" in dims else at
         raise _fail(doc, where, f"position rope needs an even key width, found key {key}")

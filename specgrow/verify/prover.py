@@ -27,7 +27,7 @@ from specgrow.transforms import compile_spec
 from specgrow.verify import sublayers as S
 from specgrow.verify.algebra import Trace, collapse, sub
 from specgrow.verify.build import Stuck, is_zero
-from specgrow.verify.ops import LEMMAS, LayerNorm, RMSNorm
+from specgrow.verify.ops import LEMMAS, HeadNorm, LayerNorm, RMSNorm
 from specgrow.verify.result import (
     Certificate, Obligation, SideCondition, StageProof, StepProof, Verdict, combine,
 )
@@ -393,6 +393,9 @@ def _hint(residual, conditions) -> str | None:
     means = {s.name[len("mean["):].split("@")[0] for s in residual.free_symbols
              if isinstance(s, sp.Symbol) and s.name.startswith("mean[")}
     randoms = sorted(randoms | means)
+    shared = _shared_eps(residual)
+    if shared:
+        return shared
     norms = [a for a in residual.atoms(RMSNorm, LayerNorm)]
     if any(isinstance(a, LayerNorm) and isinstance(a.args[0], BlockMatrix)
            and any(isinstance(b, ZeroMatrix) for b in a.args[0].blocks) for a in norms):
@@ -413,6 +416,18 @@ def _hint(residual, conditions) -> str | None:
             text += "; a like_old slice holds the old tensor's mean (like_old: 0 is the mean, not zero)"
         return text
     return None
+
+
+def _shared_eps(residual) -> str | None:
+    """The hint for a residual that holds a QK-norm: it shares the model's one eps."""
+    qk = [a for a in residual.atoms(RMSNorm, HeadNorm) if any(name in str(a.args[1]) for name in ("q_norm", "k_norm"))]
+    if not qk:
+        return None
+    return ("the QK-norms share the model's one eps (HF rms_norm_eps) with the hidden norms, and this step needs "
+            "them to differ (a norm over a zero-padded width needs eps x old/new width; copies need none): no "
+            "config holds the grown model. Exact instead: hidden with method: duplicate (copies keep every mean "
+            "square); for an all-heads QK-norm, heads with method: duplicate of every head; under a QK-norm no key "
+            "growth is exact")
 
 
 def _factor_hint(new, target):
