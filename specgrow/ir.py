@@ -14,8 +14,9 @@ uniform draw on [-1, 1], both fixed by the block's seed and the element's positi
 block:
 
 ======================  ===================================================================
-``Old(sel, s, noise)``  ``s * old[sel] + sign * std * Z_noise`` (the noise's own seed: two
-                        blocks with one seed and one shape draw equal values, so ±std cancel)
+``Old(sel, s, noise,    ``s * old[sel] + t + sign * std * Z_noise`` (the noise's own seed: two
+shift t)``              blocks with one seed and one shape draw equal values, so ±std cancel;
+                        ``t`` is 0 but for (1+w) norm gains rescaled by s: ``t = s - 1``)
 ``Const(c)``            ``c``
 ``Random(normal, s)``   ``s * Z``
 ``Random(uniform, a)``  ``a * U``
@@ -107,17 +108,22 @@ class Noise:
 
 @dataclass(frozen=True)
 class Old:
-    """A selection of the old tensor (one `Sel` per axis) times ``scale``, plus optional noise."""
+    """A selection of the old tensor (one `Sel` per axis) times ``scale``, plus ``shift``, plus
+    optional noise. ``shift`` is nonzero only for the stored offset of (1+w) norm gains: a gain g
+    stored as w = g - 1 and rescaled by c is stored as c*w + (c - 1)."""
 
     index: tuple[Sel, ...]
     scale: Expr = 1
     noise: Noise | None = None
+    shift: Expr = 0
 
     def describe(self) -> str:
         where = ", ".join(s.describe() for s in self.index)
         text = f"old[{where}]"
         if self.scale != 1:
             text += f"*{self.scale}"
+        if self.shift != 0:
+            text += f"+{self.shift}"
         if self.noise is not None:
             text += f"{'+' if self.noise.sign > 0 else '-'}noise({self.noise.std})"
         return text
@@ -267,7 +273,7 @@ def _concrete(obj, env):
         values = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            if f.name == "scale":
+            if f.name in ("scale", "shift"):
                 values[f.name] = _float(value, env)
             elif isinstance(value, tuple):
                 values[f.name] = tuple(_concrete(v, env) for v in value)

@@ -62,6 +62,8 @@ NORM_GAINS = ("attn_norm.weight", "mlp_norm.weight", "final_norm.weight", "attn_
               "mlp_post_norm.weight", *QK_NORM_GAINS["head"], *QK_NORM_GAINS["all"])
 NORM_BIASES = ("attn_norm.bias", "mlp_norm.bias", "final_norm.bias", "attn_post_norm.bias", "mlp_post_norm.bias")
 
+GATED = {"swiglu": "silu", "geglu_tanh": "gelu_tanh"}  # gated MLPs: down(act(gate(x)) * up(x)), by activation
+
 TensorKey = tuple[str, "int | None"]  # (role, layer); layer None for global tensors
 
 
@@ -92,6 +94,11 @@ class ModelShape:
     qk_norm: str = "none"  # none | head | all
     norm_position: str = "pre"  # pre | post | sandwich
     rope_scaling: tuple = ()  # (key, value) pairs of the rope scaling, sorted by key; () none
+    norm_offset: float = 0.0  # every norm multiplies by (norm_offset + stored gain): 1 for Gemma's (1+w)
+    embed_scale: bool = False  # embeddings times sqrt(hidden) (Gemma)
+    attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) before the softmax
+    logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
+    attn_scale: float | None = None  # scores times attn_scale^-1/2 (Gemma's query_pre_attn_scalar) for 1/sqrt(key)
 
     @classmethod
     def from_spec(cls, model) -> ModelShape:
@@ -104,6 +111,8 @@ class ModelShape:
             position=model.position, rope_theta=model.rope_theta, final_norm=model.final_norm,
             tie_embeddings=model.tie_embeddings, bias=model.bias, arch=model.arch,
             qk_norm=model.qk_norm, norm_position=model.norm_position, rope_scaling=model.rope_scaling,
+            norm_offset=model.norm_offset, embed_scale=model.embed_scale, attn_softcap=model.attn_softcap,
+            logit_softcap=model.logit_softcap, attn_scale=model.attn_scale,
         )
 
     def with_layers(self, layers) -> ModelShape:
@@ -130,7 +139,7 @@ class ModelShape:
         if role == "unembed.weight":
             return not self.tie_embeddings
         if role.startswith("mlp.gate."):
-            return self.activation == "swiglu"
+            return self.activation in GATED
         return True
 
     def axis_sizes(self, layer: int | None) -> dict[str, int]:
@@ -186,6 +195,11 @@ class ModelShape:
             "qk_norm": self.qk_norm,
             "norm_position": self.norm_position,
             "rope_scaling": dict(self.rope_scaling) or None,
+            "norm_offset": self.norm_offset,
+            "embed_scale": self.embed_scale,
+            "attn_softcap": self.attn_softcap,
+            "logit_softcap": self.logit_softcap,
+            "attn_scale": self.attn_scale,
             "layers": [
                 {"mlp": s.mlp, "heads": s.heads, "kv_heads": s.kv_heads, "key": s.key, "value": s.value}
                 for s in self.layers

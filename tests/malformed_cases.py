@@ -205,7 +205,7 @@ CASES: list[tuple[str, bytes, str, int]] = [
     ("noise-with-zero", steps("mlp: {to: 512, noise: 0.01}"),
      r"^steps\[0\].mlp.noise: noise needs method duplicate, found noise 0.01 with method zero$", 5),
     ("w-gate-without-swiglu", steps("mlp: {to: 512, init: {w_gate: zeros}}"),
-     r"^steps\[0\].mlp.init.w_gate: role w_gate exists only with activation swiglu$", 5),
+     r"^steps\[0\].mlp.init.w_gate: role w_gate exists only with a gated activation \(swiglu, geglu_tanh\)$", 5),
     ("b-in-without-bias", steps("mlp: {to: 512, init: {b_in: zeros}}"),
      r"^steps\[0\].mlp.init.b_in: role b_in exists only with a bias on up$", 5),
     ("pos-without-learned", model("position: rope", step="hidden: {to: 96, init: {pos: zeros}}"),

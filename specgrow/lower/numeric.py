@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from specgrow.lower.stream import StateSource, bands, whole
-from specgrow.models.reference import activate, attend, normalize, sublayer
-from specgrow.shape import QK_NORM_GAINS, ModelShape
+from specgrow.models.reference import activate, attend, normalize, softcap, sublayer
+from specgrow.shape import GATED, QK_NORM_GAINS, ModelShape
 
 TOLERANCE = {  # dtype -> (atol, rtol)
     torch.float32: (1e-4, 1e-4),
@@ -73,7 +73,7 @@ def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes:
 
     def norm(x, prefix, layer=None):
         bias = vector(f"{prefix}.bias", layer) if shape.norm == "layernorm" else None
-        return normalize(x, shape.norm, shape.norm_eps, vector(f"{prefix}.weight", layer), bias)
+        return normalize(x, shape.norm, shape.norm_eps, vector(f"{prefix}.weight", layer), bias, shape.norm_offset)
 
     def norm_of(prefix, layer):  # the norm ``prefix`` of a layer as a function, None if absent
         return (lambda x: norm(x, prefix, layer)) if shape.has_role(f"{prefix}.weight") else None
@@ -84,10 +84,12 @@ def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes:
         return linear(heads, "attn.o", i)
 
     def mlp(h, i):
-        gate = linear(h, "mlp.gate", i) if shape.activation == "swiglu" else None
+        gate = linear(h, "mlp.gate", i) if shape.activation in GATED else None
         return linear(activate(shape.activation, linear(h, "mlp.up", i), gate), "mlp.down", i)
 
     x = _embed(source, tokens, shape.hidden, band_bytes)  # (B, T, h)
+    if shape.embed_scale:
+        x = x * torch.tensor(shape.hidden ** 0.5, dtype=x.dtype)
     if shape.position == "learned":
         x = x + source.rows(("pos.weight", None), 0, tokens.shape[1]).to(device).float()
     for i, s in enumerate(shape.layers):
@@ -96,7 +98,7 @@ def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes:
     if shape.final_norm:
         x = norm(x, "final_norm")
     head = ("embed.weight", None) if shape.tie_embeddings else ("unembed.weight", None)
-    return linear(x, "unembed", key=head)
+    return softcap(linear(x, "unembed", key=head), shape.logit_softcap)
 
 
 def _embed(source, tokens: torch.Tensor, hidden: int, band_bytes: int) -> torch.Tensor:

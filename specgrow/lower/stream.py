@@ -232,9 +232,9 @@ class StepSource:
         for axis, sel in enumerate(src.index[1:], start=1):
             ix = indices(sel, self.device)
             value = value[(slice(None),) * axis + (ix,)]
-        if src.scale == 1 and src.noise is None:
+        if src.scale == 1 and src.noise is None and src.shift == 0:
             return value
-        value = value.to(compute) * src.scale
+        value = value.to(compute) * src.scale + src.shift
         if src.noise is not None:
             tail = tuple(sel.length() for sel in block.where[1:])
             noise = self._draw(src.noise.seed, "normal", block, j0, j1, tail).to(compute)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specgrow import rope as frequencies
-from specgrow.shape import NORM_GAINS, LayerShape, ModelShape, tensor_name
+from specgrow.shape import GATED, NORM_GAINS, QK_NORM_GAINS, LayerShape, ModelShape, tensor_name
 
 ACTIVATIONS = {
     "relu": F.relu, "gelu": F.gelu, "silu": F.silu,
@@ -38,20 +38,27 @@ ACTIVATIONS = {
 
 
 class Norm(nn.Module):
-    def __init__(self, width: int, kind: str, eps: float):
+    def __init__(self, width: int, kind: str, eps: float, offset: float = 0.0):
         super().__init__()
-        self.kind, self.eps = kind, eps
+        self.kind, self.eps, self.offset = kind, eps, offset
         self.weight = nn.Parameter(torch.ones(width))
         self.bias = nn.Parameter(torch.zeros(width)) if kind == "layernorm" else None
 
     def forward(self, x):
-        return normalize(x, self.kind, self.eps, self.weight, self.bias)
+        return normalize(x, self.kind, self.eps, self.weight, self.bias, self.offset)
 
 
-def normalize(x, kind: str, eps: float, weight, bias=None):
+def normalize(x, kind: str, eps: float, weight, bias=None, offset: float = 0.0):
+    """RMSNorm or LayerNorm of the last axis, times ``offset + weight`` (1 + w: Gemma)."""
+    gain = weight + offset if offset else weight
     if kind == "layernorm":
-        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+        return F.layer_norm(x, x.shape[-1:], gain, bias, eps)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain
+
+
+def softcap(x, cap: float | None):
+    """``cap * tanh(x / cap)``; x itself when ``cap`` is None."""
+    return x if cap is None else cap * torch.tanh(x / cap)
 
 
 def rope(x, theta: float, scaling: tuple = (), positions: int = 0):
@@ -75,11 +82,15 @@ class Attention(nn.Module):
         self.v = nn.Linear(hidden, s.kv_heads * s.value, bias="v" in bias)
         self.o = nn.Linear(s.heads * s.value, hidden, bias="o" in bias)
         widths = {"head": (s.key, s.key), "all": (s.heads * s.key, s.kv_heads * s.key)}.get(shape.qk_norm)
-        self.q_norm = Norm(widths[0], "rmsnorm", shape.norm_eps) if widths else None
-        self.k_norm = Norm(widths[1], "rmsnorm", shape.norm_eps) if widths else None
+        self.qk_norms = ()  # named as their roles: attn.q_norm / attn.k_norm (head), attn.q_norm_all / ... (all)
+        if widths:
+            for role, width in zip(QK_NORM_GAINS[shape.qk_norm], widths):
+                name = role.split(".")[1]
+                setattr(self, name, Norm(width, "rmsnorm", shape.norm_eps, shape.norm_offset))
+            self.qk_norms = tuple(role.split(".")[1] for role in QK_NORM_GAINS[shape.qk_norm])
 
     def forward(self, x):
-        gains = (self.q_norm.weight, self.k_norm.weight) if self.q_norm is not None else (None, None)
+        gains = [getattr(self, name).weight for name in self.qk_norms] or [None, None]
         return self.o(attend(self.q(x), self.k(x), self.v(x), self.s, self.shape, *gains))
 
 
@@ -87,21 +98,22 @@ def attend(q, k, v, s: LayerShape, shape: ModelShape, q_gain=None, k_gain=None):
     """Causal multi-head attention of projected ``q`` (B, T, H*k), ``k`` (B, T, G*k), ``v`` (B, T, G*v),
     with the model's QK-norm (its gains ``q_gain``, ``k_gain``) and RoPE."""
     B, T, _ = q.shape
-    eps = shape.norm_eps
+    eps, offset = shape.norm_eps, shape.norm_offset
     if shape.qk_norm == "all":  # OLMo 2: over all heads at once, before the split
-        q, k = normalize(q, "rmsnorm", eps, q_gain), normalize(k, "rmsnorm", eps, k_gain)
+        q, k = normalize(q, "rmsnorm", eps, q_gain, None, offset), normalize(k, "rmsnorm", eps, k_gain, None, offset)
     q = q.view(B, T, s.heads, s.key).transpose(1, 2)  # (B, H, T, k)
     k = k.view(B, T, s.kv_heads, s.key).transpose(1, 2)  # (B, G, T, k)
     v = v.view(B, T, s.kv_heads, s.value).transpose(1, 2)  # (B, G, T, v)
     if shape.qk_norm == "head":  # Qwen3, Gemma 3: each head over its key width
-        q, k = normalize(q, "rmsnorm", eps, q_gain), normalize(k, "rmsnorm", eps, k_gain)
+        q, k = normalize(q, "rmsnorm", eps, q_gain, None, offset), normalize(k, "rmsnorm", eps, k_gain, None, offset)
     if shape.position == "rope":
         q = rope(q, shape.rope_theta, shape.rope_scaling, shape.positions)
         k = rope(k, shape.rope_theta, shape.rope_scaling, shape.positions)
     group = s.heads // s.kv_heads
     k = k.repeat_interleave(group, dim=1)  # (B, H, T, k)
     v = v.repeat_interleave(group, dim=1)  # (B, H, T, v)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(s.key)  # (B, H, T, T)
+    scale = (shape.attn_scale if shape.attn_scale is not None else s.key) ** -0.5
+    scores = softcap(q @ k.transpose(-1, -2) * scale, shape.attn_softcap)  # (B, H, T, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     scores = scores.masked_fill(~causal, float("-inf"))
     out = scores.softmax(-1) @ v  # (B, H, T, v)
@@ -113,7 +125,7 @@ class MLP(nn.Module):
         super().__init__()
         self.activation = activation
         self.up = nn.Linear(hidden, width, bias="up" in bias)
-        self.gate = nn.Linear(hidden, width, bias="gate" in bias) if activation == "swiglu" else None
+        self.gate = nn.Linear(hidden, width, bias="gate" in bias) if activation in GATED else None
         self.down = nn.Linear(width, hidden, bias="down" in bias)
 
     def forward(self, x):
@@ -122,9 +134,10 @@ class MLP(nn.Module):
 
 
 def activate(activation: str, up, gate=None):
-    """The MLP's hidden units: ``act(up)``, or ``silu(gate) * up`` for swiglu."""
-    if activation == "swiglu":
-        return F.silu(gate) * up
+    """The MLP's hidden units: ``act(up)``, or ``act(gate) * up`` for a gated MLP (swiglu: silu,
+    geglu_tanh: gelu_tanh)."""
+    if activation in GATED:
+        return ACTIVATIONS[GATED[activation]](gate) * up
     return ACTIVATIONS[activation](up)
 
 
@@ -133,7 +146,7 @@ class Layer(nn.Module):
         super().__init__()
         h = shape.hidden
         pre, post = shape.norm_position in ("pre", "sandwich"), shape.norm_position in ("post", "sandwich")
-        norm = lambda on: Norm(h, shape.norm, shape.norm_eps) if on else None  # noqa: E731
+        norm = lambda on: Norm(h, shape.norm, shape.norm_eps, shape.norm_offset) if on else None  # noqa: E731
         self.attn_norm, self.attn_post_norm = norm(pre), norm(post)
         self.attn = Attention(shape, s)
         self.mlp_norm, self.mlp_post_norm = norm(pre), norm(post)
@@ -157,11 +170,13 @@ class ReferenceModel(nn.Module):
         self.embed = nn.Embedding(shape.vocab, shape.hidden)
         self.pos = nn.Embedding(shape.positions, shape.hidden) if shape.position == "learned" else None
         self.layers = nn.ModuleList(Layer(shape, s) for s in shape.layers)
-        self.final_norm = Norm(shape.hidden, shape.norm, shape.norm_eps) if shape.final_norm else None
+        self.final_norm = Norm(shape.hidden, shape.norm, shape.norm_eps, shape.norm_offset) if shape.final_norm else None
         self.unembed = None if shape.tie_embeddings else nn.Linear(shape.hidden, shape.vocab, bias=False)
 
     def forward(self, tokens):
         x = self.embed(tokens)  # (B, T, h)
+        if self.shape.embed_scale:
+            x = x * torch.tensor(self.shape.hidden ** 0.5, dtype=x.dtype)
         if self.pos is not None:
             x = x + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
         for layer in self.layers:
@@ -169,7 +184,7 @@ class ReferenceModel(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         weight = self.embed.weight if self.unembed is None else self.unembed.weight
-        return x @ weight.T  # (B, T, vocab)
+        return softcap(x @ weight.T, self.shape.logit_softcap)  # (B, T, vocab)
 
 
 def random_state(shape: ModelShape, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -183,7 +198,7 @@ def random_state(shape: ModelShape, seed: int, dtype=torch.float32) -> dict[str,
     for (role, layer), dims in shape.tensor_shapes().items():
         noise = torch.randn(dims, generator=gen, dtype=torch.float32)
         if role in NORM_GAINS:
-            value = 1 + 0.1 * noise
+            value = 1 + 0.1 * noise - shape.norm_offset  # stored: the gain is norm_offset + value
         elif role.endswith(".bias"):
             value = 0.1 * noise
         elif role in ("embed.weight", "pos.weight"):

@@ -44,7 +44,7 @@ from specgrow.spec.yaml_loader import Document, KeyPath
 MAX_LAYERS = 4096
 MODEL_FIELDS = ("arch", "dims", *(f"dims.{f.name}" for f in fields(Dims)), "norm", "norm_eps", "activation",
                 "position", "rope_theta", "final_norm", "tie_embeddings", "bias", "qk_norm", "norm_position",
-                "rope_scaling")
+                "rope_scaling", "norm_offset", "embed_scale", "attn_softcap", "logit_softcap", "attn_scale")
 # the widths each step kind changes: a shape a HF config cannot express is blamed on the last step
 # that changed one of the widths involved
 CHANGES = {"mlp": ("mlp",), "heads": ("heads", "kv_heads"), "value": ("value",), "key": ("key",),
@@ -297,7 +297,7 @@ class _Checker:
             )
         if placement == "auto":
             placement = "interleave" if rope and not uneven else "append"
-        rescale = raw.get("rescale", "k")
+        rescale = raw.get("rescale", "none" if self.model.attn_scale is not None else "k")
         step = KeyStep(to, layers, rescale, placement, self.init(path, "key", raw))
         return step, self.resize(shape, layers, key=to)
 
@@ -386,7 +386,7 @@ class _Checker:
         model = self.model
         given: dict = raw.get("init", {})
         exists = {
-            "w_gate": ("activation swiglu", model.activation == "swiglu"),
+            "w_gate": ("a gated activation (swiglu, geglu_tanh)", model.activation in ("swiglu", "geglu_tanh")),
             "b_in": ("a bias on up", "up" in model.bias),
             "pos": ("position learned", model.position == "learned"),
         }
@@ -454,7 +454,16 @@ def _model(doc: Document, raw: dict) -> ModelSpec:
         qk_norm=raw.get("qk_norm", "none"),
         norm_position=raw.get("norm_position", "pre"),
         rope_scaling=_rope_scaling(doc, raw.get("rope_scaling")),
+        norm_offset=float(raw.get("norm_offset", 0)),
+        embed_scale=raw.get("embed_scale", False),
+        attn_softcap=_optional_float(raw.get("attn_softcap")),
+        logit_softcap=_optional_float(raw.get("logit_softcap")),
+        attn_scale=_optional_float(raw.get("attn_scale")),
     )
+
+
+def _optional_float(value):
+    return None if value is None else float(value)
 
 
 def _rope_scaling(doc: Document, raw) -> tuple:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Union
 
 Norm = Literal["rmsnorm", "layernorm"]
-Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu"]
+Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu_tanh"]
 PROJECTIONS = ("q", "k", "v", "o", "up", "gate", "down")  # the linear layers that may carry a bias
 Position = Literal["none", "learned", "rope"]
 
@@ -81,6 +81,11 @@ class ModelSpec:
     qk_norm: str = "none"  # none | head | all
     norm_position: str = "pre"  # pre | post | sandwich
     rope_scaling: tuple = ()  # (key, value) pairs sorted by key; () none
+    norm_offset: float = 0.0  # norms multiply by (norm_offset + gain)
+    embed_scale: bool = False  # embeddings times sqrt(hidden)
+    attn_softcap: float | None = None
+    logit_softcap: float | None = None
+    attn_scale: float | None = None  # query_pre_attn_scalar
 
 
 # ---------------------------------------------------------------- the steps

@@ -30,7 +30,7 @@ def compile_steps(steps, shape: ModelShape, seed: int) -> Plan:
     """Compile steps in order, each on the shape the previous one left."""
     plans, current = [], shape
     for index, step in enumerate(steps):
-        grown = COMPILERS[step.kind](step, current, Context(seed, index, step))
+        grown = COMPILERS[step.kind](step, current, Context(seed, index, step, current.norm_offset))
         plans.append(StepPlan(index, step.kind, current, grown.after, grown.edits,
                               grown.eps_scale, grown.eps_dims))
         current = grown.after

@@ -42,6 +42,7 @@ class Segment:
     scale: ir.Expr = 1
     noise: tuple[int, int] | None = None  # (pair id, sign) of cancelling noise
     fill: InitRef | None = None
+    shift: ir.Expr = 0  # added to the scaled old values: (1+w) gains, see `specgrow.ir.Old`
 
 
 @functools.lru_cache(maxsize=256)
@@ -50,9 +51,9 @@ def keep(size: ir.Expr) -> tuple[Segment, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def pad(old: ir.Expr, new: ir.Expr, fill: InitRef, scale: ir.Expr = 1) -> tuple[Segment, ...]:
-    """Old indices first (scaled), then a new slice filled by ``fill``: zero-pad growth."""
-    return (Segment(Range(0, old), Range(0, old), scale=scale), Segment(Range(old, new), fill=fill))
+def pad(old: ir.Expr, new: ir.Expr, fill: InitRef, scale: ir.Expr = 1, shift: ir.Expr = 0) -> tuple[Segment, ...]:
+    """Old indices first (scaled, shifted), then a new slice filled by ``fill``: zero-pad growth."""
+    return (Segment(Range(0, old), Range(0, old), scale=scale, shift=shift), Segment(Range(old, new), fill=fill))
 
 
 def duplicate_segments(old: ir.Expr, added: ir.Expr, fan_out: bool) -> tuple[Segment, ...]:
@@ -95,6 +96,7 @@ class Context:
     seed: int
     step_index: int
     step: T.Step
+    norm_offset: float = 0.0  # gains are stored as w, the gain being norm_offset + w
 
     def derive_seed(self, *parts) -> int:
         """A 63-bit seed from the spec seed, the step and ``parts`` (role, layer, block)."""
@@ -105,7 +107,7 @@ class Context:
                    like: tuple[str, int | None] | None) -> ir.Source:
         init = self.step.init_for(fill) if isinstance(fill, str) else fill
         if isinstance(init, T.DefaultRest):
-            init = default_rest(role)
+            init = default_rest(role, self.norm_offset)
         seed = self.derive_seed(role, layer, block)
         if isinstance(init, T.Zeros):
             return Const(0.0)
@@ -122,10 +124,11 @@ class Context:
         raise TypeError(f"unknown init {init!r}")
 
 
-def default_rest(role: str) -> T.Init:
-    """A new layer's default fill: norm gains 1, biases 0, matrices like the old ones."""
+def default_rest(role: str, norm_offset: float = 0.0) -> T.Init:
+    """A new layer's default fill: norm gains 1 (stored 0 under a (1+w) offset), biases 0,
+    matrices like the old ones."""
     if role in NORM_GAINS:
-        return T.Ones()
+        return T.Zeros() if norm_offset == 1 else T.Ones()
     if role.endswith(".bias"):
         return T.Zeros()
     return T.LikeOld(1.0)
@@ -157,7 +160,7 @@ def grow_tensor(ctx: Context, shape: ModelShape, role: str, layer: int | None,
         elif mark is not None and noise_std > 0:
             pair, sign = mark
             noise = Noise(noise_std, ctx.derive_seed(role, layer, "noise", pair), sign)
-            blocks.append(Block(where, Old(old, scale, noise)))
+            blocks.append(Block(where, Old(old, scale, noise, plain.source.shift)))
         else:
             blocks.append(plain)  # no seed in it: one block shared by every tensor with these axes
     return TensorEdit(
@@ -187,9 +190,13 @@ def _combinations(axes: tuple) -> tuple:
         scale = 1
         for seg in combo:
             scale = scale * seg.scale
+        shifts = [seg.shift for seg in combo if seg.shift != 0]
+        if len(shifts) > 1:
+            raise ValueError("a shift on more than one axis of a tensor")
         marks = [seg.noise for seg in combo if seg.noise is not None]
         old = tuple(seg.old for seg in combo)
-        out.append((where, None, old, scale, marks[0] if marks else None, Block(where, Old(old, scale, None))))
+        block = Block(where, Old(old, scale, None, shifts[0] if shifts else 0))
+        out.append((where, None, old, scale, marks[0] if marks else None, block))
     return tuple(out)
 
 

@@ -10,6 +10,12 @@ which gain * sqrt(h/h') **and** eps * h/h' absorb (``rescale: gain-and-eps``).
 LayerNorm both map to ``[y, ..., y]`` with the same eps: writers and norm parameters are
 copied, readers take 1/m of each copy (plus cancelling noise). With tied embeddings the
 unembedding reads the copied table, so the final norm's gain and bias take the 1/m.
+
+With ``embed_scale`` (Gemma: embeddings times sqrt(hidden), computed from the config) the
+embedding table is stored times sqrt(h/h') so that the stream keeps its values; a tied
+unembedding then reads a table sqrt(h/h') smaller, which the final norm's gain takes back.
+With ``norm_offset`` 1 (gains stored as w, the gain being 1 + w) a gain rescaled by c is
+stored as c*w + (c - 1).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ def compile_step(step, shape, ctx):
     rms_rescale = shape.norm == "rmsnorm" and not duplicate and step.rescale != "none"
     gain_scale = sympy.sqrt(h / new) if rms_rescale else 1
     eps_scale = h / new if rms_rescale and step.rescale == "gain-and-eps" else 1
+    embed_scale = sympy.sqrt(h / new) if shape.embed_scale else 1
     edits = []
     tensors = [(role, None, GLOBAL_ROLES[role]) for role in GLOBAL_ROLES]
     for i in range(len(shape.layers)):
@@ -54,11 +61,12 @@ def compile_step(step, shape, ctx):
             continue
         kind = _kind(role, spaces)
         dims = dict(layer_dims(shape, layer), dh=step.to - shape.hidden)
+        tied_final = shape.tie_embeddings and role.startswith("final_norm.")
+        scale = _scale(kind, tied_final, gain_scale, embed_scale)
         if duplicate:
-            tied_final = shape.tie_embeddings and role.startswith("final_norm.")
-            segments = _copies(m, kind, tied_final)
+            segments = _copies(m, kind, tied_final, scale, shape.norm_offset)
         else:
-            segments = pad(h, new, kind, scale=gain_scale if kind == "gain" else 1)
+            segments = pad(h, new, kind, scale=scale, shift=_shift(kind, scale, shape.norm_offset))
         grow = {"residual": (new, segments)}
         edits.append(grow_tensor(ctx, shape, role, layer, grow, dims, noise_std=step.noise))
     eps = shape.norm_eps * shape.hidden / step.to if eps_scale != 1 else shape.norm_eps
@@ -67,14 +75,32 @@ def compile_step(step, shape, ctx):
     return Grown(tuple(edits), after, eps_scale, eps_dims)
 
 
+def _scale(kind, tied_final, gain_scale, embed_scale):
+    """The factor on a tensor's old values: zero-pad gains take gain_scale; with embed_scale the
+    embedding takes it, and a tied final norm (gain and bias) gives it back."""
+    scale = gain_scale if kind == "gain" else 1
+    if kind == "embed":
+        scale = scale * embed_scale
+    if tied_final and embed_scale != 1:
+        scale = scale / embed_scale
+    return scale
+
+
+def _shift(kind, scale, offset):
+    """A stored (offset + w) gain rescaled by c: c*w + offset*(c - 1)."""
+    return sympy.nsimplify(offset) * (scale - 1) if kind == "gain" and offset else 0
+
+
 @functools.lru_cache(maxsize=256)
-def _copies(m, kind, tied_final):
-    """m copies of the old h indices; readers (and a tied model's final norm) take 1/m."""
-    scale = sympy.Rational(1, m) if kind == "read" or tied_final else 1
+def _copies(m, kind, tied_final, scale, offset):
+    """m copies of the old h indices, times ``scale``; readers (and a tied model's final norm) take 1/m."""
+    if kind == "read" or tied_final:
+        scale = scale * sympy.Rational(1, m)
+    shift = _shift(kind, scale, offset)
     segments = []
     for i in range(m):
         noise = None
         if kind == "read" and (m % 2 == 0 or i < m - 1):
             noise = (i // 2, 1 if i % 2 == 0 else -1)
-        segments.append(Segment(Range(i * h, (i + 1) * h), Range(0, h), scale=scale, noise=noise))
+        segments.append(Segment(Range(i * h, (i + 1) * h), Range(0, h), scale=scale, noise=noise, shift=shift))
     return tuple(segments)

@@ -89,6 +89,12 @@ def elementwise_fn(name: str) -> sp.Lambda:
     return FUNCTIONS[name]
 
 
+def softcap_fn(cap: float) -> sp.Lambda:
+    """``t -> cap * tanh(t / cap)`` (Gemma 2's soft-capping), exact in ``cap``."""
+    c = sp.nsimplify(cap)
+    return sp.Lambda(_T, c * sp.tanh(_T / c))
+
+
 def apply_fn(fn: sp.Lambda, arg: MatrixExpr) -> MatrixExpr:
     return EAF(fn, arg)
 

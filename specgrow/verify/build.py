@@ -323,6 +323,8 @@ def _cell(edit, block, cell, cuts, pieces, env, name, serial, placements, zeros,
             placements.append(Placement(cuts[a][index[-1]], cuts[a][index[-1] + 1],
                                         c.start, c.step, sp.sympify(src.scale)))
     value = _scaled(sp.sympify(src.scale), pieces[tuple(index)])
+    if src.shift != 0:
+        value = add(value, _scaled(sp.sympify(src.shift), OneMatrix(*value.shape)))
     if src.noise is not None:
         # the executor draws a block's noise from its seed by block-relative position: two
         # blocks of one seed hold equal values exactly where seed, position and block shape agree

@@ -382,7 +382,7 @@ def _rope(e, values):
 def _heads(e, values):
     q, k, v = (evaluate(a, values) for a in e.args[:3])
     key, value = (_size(a, values, e) for a in e.args[3:5])
-    scale, rotate = evaluate(e.args[5], values), e.args[6] == 1
+    scale, rotate, cap = evaluate(e.args[5], values), e.args[6] == 1, float(e.args[7])
     heads, groups = q.shape[1] // key, k.shape[1] // key
     _fits(e, q.shape[0], k.shape[0], v.shape[0])
     _fits(e, (q.shape[1], k.shape[1], v.shape[1]), (heads * key, groups * key, groups * value))
@@ -393,7 +393,8 @@ def _heads(e, values):
     v = _split_heads(v, groups, value, heads // groups)
     if rotate:
         q, k = rope(q, "Heads"), rope(k, "Heads")
-    out = causal_softmax(scale * q @ k.transpose(0, 2, 1)) @ v
+    scores = scale * q @ k.transpose(0, 2, 1)
+    out = causal_softmax(cap * np.tanh(scores / cap) if cap else scores) @ v
     return out.transpose(1, 0, 2).reshape(n, heads * value)
 
 

@@ -112,11 +112,12 @@ class Heads(_Op):
     """The concatenated outputs of a block of attention heads from their projections.
 
     Q (n, a*k), K (n, b*k), V (n, b*v): query head j reads kv head j // (a/b); scores
-    scaled by ``scale``; RoPE inside when ``rope`` is 1.
+    scaled by ``scale``, then soft-capped to ``cap * tanh(s / cap)`` when ``cap`` is not 0;
+    RoPE inside when ``rope`` is 1.
     """
 
-    def __new__(cls, q, k, v, key, value, scale, rope):
-        obj = MatrixExpr.__new__(cls, q, k, v, *map(sp.sympify, (key, value, scale, rope)))
+    def __new__(cls, q, k, v, key, value, scale, rope, cap=0):
+        obj = MatrixExpr.__new__(cls, q, k, v, *map(sp.sympify, (key, value, scale, rope, cap)))
         obj._shape = (q.shape[0], _columns(q.shape[1], sp.sympify(key), sp.sympify(value)))
         return obj
 
@@ -222,7 +223,7 @@ def _whole(columns, width) -> bool:
 
 
 def r_heads(e, trace):
-    q, k, v, key, value, scale, rope = e.args
+    q, k, v, key, value, scale, rope, cap = e.args
     if not all(isinstance(m, BlockMatrix) for m in (q, k, v)):
         return e
     qs, ks, vs = list(q.blocks), list(k.blocks), list(v.blocks)
@@ -235,7 +236,7 @@ def r_heads(e, trace):
         if sp.cancel(kb.shape[1] / key - vb.shape[1] / value) != 0:
             return e
     trace.lemma("gqa_split")
-    return BlockMatrix([[Heads(qb, kb, vb, key, value, scale, rope) for qb, kb, vb in zip(qs, ks, vs)]])
+    return BlockMatrix([[Heads(qb, kb, vb, key, value, scale, rope, cap) for qb, kb, vb in zip(qs, ks, vs)]])
 
 
 def r_rope(e, trace):

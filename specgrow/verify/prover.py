@@ -148,6 +148,7 @@ def prove_step(step_plan, step, eps_value, zeros=frozenset()):
         kind = "copies" if step.method == "duplicate" else "pad"
         extra = after.hidden // before.hidden if kind == "copies" else sp.Symbol("dh", positive=True, integer=True)
     lift = lambda m: S.lifted(kind, m, extra)  # noqa: E731
+    hidden_new = {"pad": S.h + extra, "copies": S.h * extra}.get(kind, S.h) if kind != "same" else S.h
     x = MatrixSymbol("x", S.n, S.h)
     eps_new = S.EPS * step_plan.eps_scale if eps_value else 0
     eps_old = S.EPS if eps_value else 0
@@ -159,7 +160,7 @@ def prove_step(step_plan, step, eps_value, zeros=frozenset()):
     w = S.Weights(before, globals_, None, zeros=zeros)
     if globals_ or kind != "same":  # otherwise embedding and head are untouched: nothing to prove
         out.append(_obligation(step_plan.index, "embedding", (), "embed'(t) = lift(embed(t))",
-                               lambda: S.embedding(w, lift), _key("embedding", flags, globals_, kind, _zero_roles(zeros, None))))
+                               lambda: S.embedding(w, lift, hidden_new), _key("embedding", flags, globals_, kind, _zero_roles(zeros, None))))
         out.append(_obligation(step_plan.index, "final norm + unembedding", (), "head'(lift(x)) = head(x)",
                                lambda: _eps(S.head(w, lift(x), x, eps_new), eps_old),
                                _key("head", flags, globals_, kind, eps_value, eps_new, _zero_roles(zeros, None))))
@@ -316,7 +317,7 @@ def _unseeded(source, seeds):
         noise = source.noise
         if noise is not None:
             noise = (noise.std, noise.sign, seeds.setdefault(noise.seed, len(seeds)))
-        return ("old", source.index, source.scale, noise)
+        return ("old", source.index, source.scale, noise, source.shift)
     return source
 
 

@@ -13,15 +13,16 @@ from sympy import BlockMatrix, HadamardProduct, MatrixSymbol, OneMatrix, ZeroMat
 
 from specgrow.ir import sym
 from specgrow.transforms.common import SPACE_SIZE
-from specgrow.verify.algebra import Trace, add, apply_fn, collapse, elementwise_fn, mul
+from specgrow.verify.algebra import Trace, add, apply_fn, collapse, elementwise_fn, mul, softcap_fn
 from specgrow.verify.build import Stuck, symbolize
 from specgrow.verify.ops import LEMMAS, HeadNorm, Heads, LayerNorm, RMSNorm, Rope, Softmax
 from specgrow.rope import WIDTH_DEPENDENT
-from specgrow.shape import GLOBAL_ROLES, LAYER_ROLES, QK_NORM_GAINS
+from specgrow.shape import GATED, GLOBAL_ROLES, LAYER_ROLES, QK_NORM_GAINS
 from specgrow.ir import Grouped
 
 n = sp.Symbol("n", positive=True, integer=True)
 EPS = sp.Symbol("epsilon", positive=True)
+ATTN_SCALE = sp.Symbol("s_attn", positive=True)  # Gemma's query_pre_attn_scalar
 h, k, v = sym("h"), sym("k"), sym("v")
 
 # Per-head sizes of the per-head spaces (one generic head / kv group).
@@ -72,8 +73,18 @@ def _add_bias(w, role, pair):
     return add(pair[0], mul(ones, new)), add(pair[1], mul(ones, old))
 
 
+def gains(w, role):
+    """(new, old) effective gains of a norm: the stored gains, plus 1 where ``norm_offset`` is 1 (Gemma's 1 + w)."""
+    g_new, g_old = w.get(role)
+    if w.shape.norm_offset:
+        offset = sp.nsimplify(w.shape.norm_offset)
+        g_new = add(mul(offset, OneMatrix(*g_new.shape)), g_new)
+        g_old = add(mul(offset, OneMatrix(*g_old.shape)), g_old)
+    return g_new, g_old
+
+
 def norm(w, prefix, x_new, x_old, eps_new):
-    g_new, g_old = w.get(f"{prefix}.weight")
+    g_new, g_old = gains(w, f"{prefix}.weight")
     if w.shape.norm == "layernorm":
         b_new, b_old = w.get(f"{prefix}.bias")
         return LayerNorm(x_new, g_new, b_new, eps_new), LayerNorm(x_old, g_old, b_old, EPS)
@@ -95,7 +106,7 @@ def qk_norm_whole(w, q, k_, key_new, eps_new):
     all heads at once (`RMSNorm`), with the model's one eps; unchanged without a QK-norm."""
     if w.shape.qk_norm == "none":
         return q, k_
-    (gq_new, gq_old), (gk_new, gk_old) = (w.get(role) for role in QK_NORM_GAINS[w.shape.qk_norm])
+    (gq_new, gq_old), (gk_new, gk_old) = (gains(w, role) for role in QK_NORM_GAINS[w.shape.qk_norm])
     if w.shape.qk_norm == "head":
         return ((HeadNorm(q[0], gq_new, eps_new, key_new), HeadNorm(q[1], gq_old, EPS, k)),
                 (HeadNorm(k_[0], gk_new, eps_new, key_new), HeadNorm(k_[1], gk_old, EPS, k)))
@@ -110,7 +121,7 @@ def qk_norm_head(w, q, k_, x_new, x_old, eps_new):
     if w.shape.qk_norm == "none":
         return q, k_
     if w.shape.qk_norm == "head":
-        (gq_new, gq_old), (gk_new, gk_old) = (w.get(role) for role in QK_NORM_GAINS["head"])
+        (gq_new, gq_old), (gk_new, gk_old) = (gains(w, role) for role in QK_NORM_GAINS["head"])
         return ((RMSNorm(q[0], gq_new, eps_new), RMSNorm(q[1], gq_old, EPS)),
                 (RMSNorm(k_[0], gk_new, eps_new), RMSNorm(k_[1], gk_old, EPS)))
     reads = ("attn_norm.", "attn.q.", "attn.k.", *QK_NORM_GAINS["all"])
@@ -133,8 +144,8 @@ def mlp(w, x_new, x_old, eps_new):
 def _mlp(w, x_new, x_old, eps_new):
     xn_new, xn_old = pre_norm(w, "mlp_norm", x_new, x_old, eps_new)
     up_new, up_old = _project(w, "mlp.up", xn_new, xn_old)
-    if w.shape.activation == "swiglu":
-        silu = elementwise_fn("silu")
+    if w.shape.activation in GATED:
+        silu = elementwise_fn(GATED[w.shape.activation])
         gate_new, gate_old = _project(w, "mlp.gate", xn_new, xn_old)
         hid_new = HadamardProduct(apply_fn(silu, gate_new), up_new)
         hid_old = HadamardProduct(apply_fn(silu, gate_old), up_old)
@@ -150,8 +161,9 @@ def attention(w, x_new, x_old, eps_new, key_new, value_new):
     q, k_, v_ = (_project(w, f"attn.{r}", xn_new, xn_old) for r in ("q", "k", "v"))
     q, k_ = qk_norm_whole(w, q, k_, key_new, eps_new)
     rope = int(w.shape.position == "rope")
-    heads_new = Heads(q[0], k_[0], v_[0], key_new, value_new, 1 / sp.sqrt(key_new), rope)
-    heads_old = Heads(q[1], k_[1], v_[1], k, v, 1 / sp.sqrt(k), rope)
+    cap = sp.nsimplify(w.shape.attn_softcap or 0)
+    heads_new = Heads(q[0], k_[0], v_[0], key_new, value_new, scale(w, key_new), rope, cap)
+    heads_old = Heads(q[1], k_[1], v_[1], k, v, scale(w, k), rope, cap)
     o_new, o_old = w.get("attn.o.weight")
     out = _add_bias(w, "attn.o.bias", (mul(heads_new, o_new), mul(heads_old, o_old)))
     return post_norm(w, "attn_post_norm", out, eps_new)
@@ -174,16 +186,26 @@ def attention_head(w, x_new, x_old, eps_new, key_new, value_new, side, same_scor
     if w.shape.position == "rope":
         q = (rotate(w, q[0], key_new, side), Rope(q[1], k, "old"))
         k_ = (rotate(w, k_[0], key_new, side), Rope(k_[1], k, "old"))
-    scores_new = mul(1 / sp.sqrt(key_new), q[0], k_[0].T)
-    scores_old = mul(1 / sp.sqrt(k), q[1], k_[1].T)
+    scores_new = mul(scale(w, key_new), q[0], k_[0].T)
+    scores_old = mul(scale(w, k), q[1], k_[1].T)
     v_ = _project(w, "attn.v", xn_new, xn_old)
     o_new, o_old = w.get("attn.o.weight")
     if "attn.v.weight" in w.segments and "attn.o.weight" in w.segments and \
             w.segments["attn.v.weight"][0] != w.segments["attn.o.weight"][1]:
         raise Stuck("value and output heads are cut differently (no shared permutation)")
-    weights_new = Softmax(scores_old if same_scores else scores_new)
-    contribution = (mul(weights_new, v_[0], o_new), mul(Softmax(scores_old), v_[1], o_old))
+    weights_new = Softmax(capped(w, scores_old if same_scores else scores_new))
+    contribution = (mul(weights_new, v_[0], o_new), mul(Softmax(capped(w, scores_old)), v_[1], o_old))
     return contribution, (scores_new, scores_old)
+
+
+def scale(w, key):
+    """The scores' scale: 1/sqrt(key), or attn_scale^-1/2 whatever the key width (Gemma)."""
+    return 1 / sp.sqrt(key) if w.shape.attn_scale is None else 1 / sp.sqrt(ATTN_SCALE)
+
+
+def capped(w, scores):
+    """The scores as the softmax reads them: soft-capped when the model caps them."""
+    return scores if w.shape.attn_softcap is None else apply_fn(softcap_fn(w.shape.attn_softcap), scores)
 
 
 def rotate(w, x, width, side):
@@ -223,10 +245,14 @@ def rotate(w, x, width, side):
     return BlockMatrix([[Rope(old, k, "old"), *rest]])
 
 
-def embedding(w, lift):
+def embedding(w, lift, hidden_new=h):
+    """Token (and position) embeddings; times sqrt(hidden) with ``embed_scale`` (the grown model's
+    hidden ``hidden_new`` on the new side)."""
     e_new, e_old = w.get("embed.weight")
     tokens = MatrixSymbol("onehot", n, sym("V"))
     new, old = mul(tokens, e_new.T), mul(tokens, e_old.T)
+    if w.shape.embed_scale:
+        new, old = mul(sp.sqrt(hidden_new), new), mul(sp.sqrt(h), old)
     if w.has("pos.weight"):
         p_new, p_old = w.get("pos.weight")
         positions = MatrixSymbol("positions", n, sym("T"))
@@ -239,7 +265,11 @@ def head(w, x_new, x_old, eps_new):
         x_new, x_old = norm(w, "final_norm", x_new, x_old, eps_new)
     role = "embed.weight" if w.shape.tie_embeddings else "unembed.weight"
     u_new, u_old = w.get(role)
-    return mul(x_new, u_new), mul(x_old, u_old)
+    new, old = mul(x_new, u_new), mul(x_old, u_old)
+    if w.shape.logit_softcap is not None:
+        cap = softcap_fn(w.shape.logit_softcap)
+        new, old = apply_fn(cap, new), apply_fn(cap, old)
+    return new, old
 
 
 def lifted(kind, x, extra):

@@ -26,7 +26,7 @@ import numpy as np
 
 from specgrow.ir import Const, Grouped, Old, Random, Range, StepPlan, TensorEdit
 from specgrow.rope import angles
-from specgrow.shape import NORM_GAINS, ModelShape
+from specgrow.shape import GATED, NORM_GAINS, ModelShape
 from specgrow.verify.result import Counterexample
 
 RELATIVE = 1e-9  # a logit difference counts above RELATIVE * max(1, max|logit|)
@@ -50,8 +50,8 @@ def random_state(shape: ModelShape, seed: int, gain: float = 1.0, bias: float = 
     state = {}
     for (role, layer), dims in shape.tensor_shapes().items():
         noise = rng.standard_normal(dims)
-        if role in NORM_GAINS:
-            value = gain * (1 + 0.1 * noise)
+        if role in NORM_GAINS:  # stored: the gain is norm_offset + value
+            value = gain * (1 + 0.1 * noise) - shape.norm_offset
         elif role.endswith(".bias"):
             value = bias * 0.1 * noise
         elif role in ("embed.weight", "pos.weight"):
@@ -105,7 +105,7 @@ def _value(state: State, edit: TensorEdit, src, shape: tuple[int, ...]):
         return rng.standard_normal(shape) * (std * src.param) + mean
     if not isinstance(src, Old):
         raise TypeError(f"unknown block source {src!r}")
-    value = state[edit.source][np.ix_(*(_select(sel) for sel in src.index))] * src.scale  # block shape
+    value = state[edit.source][np.ix_(*(_select(sel) for sel in src.index))] * src.scale + src.shift
     if src.noise is not None:
         draw = np.random.default_rng(src.noise.seed).standard_normal(shape)
         value = value + src.noise.sign * src.noise.std * draw
@@ -132,6 +132,8 @@ def _select(sel) -> np.ndarray:
 def logits(shape: ModelShape, state: State, tokens: np.ndarray) -> np.ndarray:
     """Logits (B, T, vocab) of the reference model holding ``state`` on ``tokens`` (B, T)."""
     x = state[("embed.weight", None)][tokens]  # (B, T, h)
+    if shape.embed_scale:
+        x = x * math.sqrt(shape.hidden)
     if shape.position == "learned":
         x = x + state[("pos.weight", None)][:tokens.shape[1]]
     for i, s in enumerate(shape.layers):
@@ -140,7 +142,11 @@ def logits(shape: ModelShape, state: State, tokens: np.ndarray) -> np.ndarray:
     if shape.final_norm:
         x = _norm(shape, state, x, "final_norm", None)
     head = state[("embed.weight", None) if shape.tie_embeddings else ("unembed.weight", None)]
-    return x @ head.T  # (B, T, vocab)
+    return _softcap(x @ head.T, shape.logit_softcap)  # (B, T, vocab)
+
+
+def _softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    return x if cap is None else cap * np.tanh(x / cap)
 
 
 def _sublayer(shape: ModelShape, state: State, x: np.ndarray, layer: int, name: str, f) -> np.ndarray:
@@ -154,7 +160,7 @@ def _sublayer(shape: ModelShape, state: State, x: np.ndarray, layer: int, name: 
 
 
 def _mlp(shape: ModelShape, state: State, layer: int, h: np.ndarray) -> np.ndarray:
-    gate = _linear(shape, state, h, "mlp.gate", layer) if shape.activation == "swiglu" else None
+    gate = _linear(shape, state, h, "mlp.gate", layer) if shape.activation in GATED else None
     return _linear(shape, state, _activate(shape.activation, _linear(shape, state, h, "mlp.up", layer), gate),
                    "mlp.down", layer)
 
@@ -169,7 +175,7 @@ def _norm(shape: ModelShape, state: State, x: np.ndarray, prefix: str, layer: in
           kind: str | None = None) -> np.ndarray:
     """RMSNorm ``x * g / sqrt(mean(x^2) + eps)`` or LayerNorm (biased variance) over the last axis
     (``kind``: the model's norm unless given)."""
-    gain = state[(f"{prefix}.weight", layer)]
+    gain = state[(f"{prefix}.weight", layer)] + shape.norm_offset
     if (kind or shape.norm) == "layernorm":
         centered = x - x.mean(-1, keepdims=True)  # (..., h)
         var = (centered ** 2).mean(-1, keepdims=True)  # (..., 1)
@@ -178,9 +184,9 @@ def _norm(shape: ModelShape, state: State, x: np.ndarray, prefix: str, layer: in
 
 
 def _activate(activation: str, up: np.ndarray, gate: np.ndarray | None) -> np.ndarray:
-    """The MLP's hidden units: ``act(up)``, or ``silu(gate) * up`` for swiglu."""
-    if activation == "swiglu":
-        return _silu(gate) * up
+    """The MLP's hidden units: ``act(up)``, or ``act(gate) * up`` for a gated MLP."""
+    if activation in GATED:
+        return _activate(GATED[activation], gate, None) * up
     if activation == "relu":
         return np.maximum(up, 0.0)
     if activation == "silu":
@@ -227,7 +233,8 @@ def _attention(shape: ModelShape, state: State, layer: int, x: np.ndarray) -> np
         q, k = _rope(q, shape), _rope(k, shape)
     group = s.heads // s.kv_heads  # query head j reads kv head j // group
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # (B, H, T, k), (B, H, T, v)
-    scores = q @ k.swapaxes(-1, -2) / math.sqrt(s.key)  # (B, H, T, T)
+    scale = (shape.attn_scale if shape.attn_scale is not None else s.key) ** -0.5
+    scores = _softcap(q @ k.swapaxes(-1, -2) * scale, shape.attn_softcap)  # (B, H, T, T)
     scores = np.where(np.tri(T, dtype=bool), scores, -np.inf)
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights = weights / weights.sum(-1, keepdims=True)  # (B, H, T, T)
