@@ -74,6 +74,7 @@ class LayerShape:
     kv_heads: int
     key: int
     value: int
+    attention: str = "full_attention"  # or "sliding_attention": RoPE with the model's rope_local_theta
 
 
 @dataclass(frozen=True)
@@ -99,21 +100,31 @@ class ModelShape:
     attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) before the softmax
     logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     attn_scale: float | None = None  # scores times attn_scale^-1/2 (Gemma's query_pre_attn_scalar) for 1/sqrt(key)
+    rope_local_theta: float | None = None  # RoPE base of sliding-attention layers (unscaled); None: rope_theta
 
     @classmethod
     def from_spec(cls, model) -> ModelShape:
         """The starting shape of a `specgrow.spec.ModelSpec`."""
         d = model.dims
-        layer = LayerShape(d.mlp, d.heads, d.kv_heads, d.key, d.value)
+        layers = tuple(LayerShape(d.mlp, d.heads, d.kv_heads, d.key, d.value, kind)
+                       for kind in (model.layer_types or ("full_attention",) * d.layers))
         return cls(
-            hidden=d.hidden, vocab=d.vocab, positions=d.positions, layers=(layer,) * d.layers,
+            hidden=d.hidden, vocab=d.vocab, positions=d.positions, layers=layers,
             norm=model.norm, norm_eps=model.norm_eps, activation=model.activation,
             position=model.position, rope_theta=model.rope_theta, final_norm=model.final_norm,
             tie_embeddings=model.tie_embeddings, bias=model.bias, arch=model.arch,
             qk_norm=model.qk_norm, norm_position=model.norm_position, rope_scaling=model.rope_scaling,
             norm_offset=model.norm_offset, embed_scale=model.embed_scale, attn_softcap=model.attn_softcap,
             logit_softcap=model.logit_softcap, attn_scale=model.attn_scale,
+            rope_local_theta=model.rope_local_theta,
         )
+
+    def rope_of(self, layer: LayerShape) -> tuple[float, tuple]:
+        """The RoPE base and scaling of a layer: sliding-attention layers take ``rope_local_theta``
+        unscaled when the model has one (Gemma 3), every other layer ``rope_theta`` and the scaling."""
+        if layer.attention == "sliding_attention" and self.rope_local_theta is not None:
+            return self.rope_local_theta, ()
+        return self.rope_theta, self.rope_scaling
 
     def with_layers(self, layers) -> ModelShape:
         return replace(self, layers=tuple(layers))
@@ -200,8 +211,10 @@ class ModelShape:
             "attn_softcap": self.attn_softcap,
             "logit_softcap": self.logit_softcap,
             "attn_scale": self.attn_scale,
+            "rope_local_theta": self.rope_local_theta,
             "layers": [
-                {"mlp": s.mlp, "heads": s.heads, "kv_heads": s.kv_heads, "key": s.key, "value": s.value}
+                {"mlp": s.mlp, "heads": s.heads, "kv_heads": s.kv_heads, "key": s.key, "value": s.value,
+                 **({"attention": s.attention} if s.attention != "full_attention" else {})}
                 for s in self.layers
             ],
         }

@@ -107,8 +107,8 @@ def attend(q, k, v, s: LayerShape, shape: ModelShape, q_gain=None, k_gain=None):
     if shape.qk_norm == "head":  # Qwen3, Gemma 3: each head over its key width
         q, k = normalize(q, "rmsnorm", eps, q_gain, None, offset), normalize(k, "rmsnorm", eps, k_gain, None, offset)
     if shape.position == "rope":
-        q = rope(q, shape.rope_theta, shape.rope_scaling, shape.positions)
-        k = rope(k, shape.rope_theta, shape.rope_scaling, shape.positions)
+        theta, scaling = shape.rope_of(s)
+        q, k = rope(q, theta, scaling, shape.positions), rope(k, theta, scaling, shape.positions)
     group = s.heads // s.kv_heads
     k = k.repeat_interleave(group, dim=1)  # (B, H, T, k)
     v = v.repeat_interleave(group, dim=1)  # (B, H, T, v)

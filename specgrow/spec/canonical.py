@@ -44,7 +44,8 @@ from specgrow.spec.yaml_loader import Document, KeyPath
 MAX_LAYERS = 4096
 MODEL_FIELDS = ("arch", "dims", *(f"dims.{f.name}" for f in fields(Dims)), "norm", "norm_eps", "activation",
                 "position", "rope_theta", "final_norm", "tie_embeddings", "bias", "qk_norm", "norm_position",
-                "rope_scaling", "norm_offset", "embed_scale", "attn_softcap", "logit_softcap", "attn_scale")
+                "rope_scaling", "norm_offset", "embed_scale", "attn_softcap", "logit_softcap", "attn_scale",
+                "layer_types", "rope_local_theta")
 # the widths each step kind changes: a shape a HF config cannot express is blamed on the last step
 # that changed one of the widths involved
 CHANGES = {"mlp": ("mlp",), "heads": ("heads", "kv_heads"), "value": ("value",), "key": ("key",),
@@ -70,7 +71,7 @@ def build_spec(doc: Document, source: bytes) -> Spec:
     data = doc.data
     model = _model(doc, data["model"])
     dims = model.dims
-    layer = LayerShape(dims.mlp, dims.heads, dims.kv_heads, dims.key, dims.value)
+    layer = LayerShape(dims.mlp, dims.heads, dims.kv_heads, dims.key, dims.value)  # widths: the type plays no part
     grower = _Grower(doc, model, Shape(dims.hidden, (layer,) * dims.layers))
     if model.arch != "reference":
         problem = _family_problem(model.arch, grower.shape, "the original model")
@@ -459,7 +460,16 @@ def _model(doc: Document, raw: dict) -> ModelSpec:
         attn_softcap=_optional_float(raw.get("attn_softcap")),
         logit_softcap=_optional_float(raw.get("logit_softcap")),
         attn_scale=_optional_float(raw.get("attn_scale")),
+        layer_types=_layer_types(doc, raw, dims["layers"]),
+        rope_local_theta=_optional_float(raw.get("rope_local_theta")),
     )
+
+
+def _layer_types(doc: Document, raw: dict, layers: int) -> tuple[str, ...]:
+    types = tuple(raw.get("layer_types") or ())
+    if types and len(types) != layers:
+        raise _fail(doc, ("model", "layer_types"), f"expected one type per layer ({layers}), found {len(types)}")
+    return types
 
 
 def _optional_float(value):

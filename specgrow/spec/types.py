@@ -86,6 +86,8 @@ class ModelSpec:
     attn_softcap: float | None = None
     logit_softcap: float | None = None
     attn_scale: float | None = None  # query_pre_attn_scalar
+    layer_types: tuple[str, ...] = ()  # per layer: full_attention | sliding_attention; () all full
+    rope_local_theta: float | None = None  # RoPE base of sliding-attention layers
 
 
 # ---------------------------------------------------------------- the steps

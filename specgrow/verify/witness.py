@@ -230,7 +230,7 @@ def _attention(shape: ModelShape, state: State, layer: int, x: np.ndarray) -> np
     k = heads("attn.k", s.kv_heads, s.key)  # (B, G, T, k)
     v = heads("attn.v", s.kv_heads, s.value)  # (B, G, T, v)
     if shape.position == "rope":
-        q, k = _rope(q, shape), _rope(k, shape)
+        q, k = _rope(q, shape, s), _rope(k, shape, s)
     group = s.heads // s.kv_heads  # query head j reads kv head j // group
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # (B, H, T, k), (B, H, T, v)
     scale = (shape.attn_scale if shape.attn_scale is not None else s.key) ** -0.5
@@ -242,11 +242,12 @@ def _attention(shape: ModelShape, state: State, layer: int, x: np.ndarray) -> np
     return _linear(shape, state, out, "attn.o", layer)
 
 
-def _rope(x: np.ndarray, shape: ModelShape) -> np.ndarray:
+def _rope(x: np.ndarray, shape: ModelShape, layer) -> np.ndarray:
     """Rotate ``x`` (B, heads, T, key) by position, ``rotate_half`` pairing (dim i with i + key/2),
     with the model's rope scaling (`specgrow.rope`)."""
     seq, width = x.shape[-2], x.shape[-1]
-    cos, sin = angles(width, shape.rope_theta, shape.rope_scaling, shape.positions, seq)  # (T, key)
+    theta, scaling = shape.rope_of(layer)
+    cos, sin = angles(width, theta, scaling, shape.positions, seq)  # (T, key)
     half = width // 2
     rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
