@@ -101,6 +101,7 @@ class ModelShape:
     logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     attn_scale: float | None = None  # scores times attn_scale^-1/2 (Gemma's query_pre_attn_scalar) for 1/sqrt(key)
     rope_local_theta: float | None = None  # RoPE base of sliding-attention layers (unscaled); None: rope_theta
+    rotary_dims: int | None = None  # partial rotary: the first rotary_dims columns of each head turn; None: all
 
     @classmethod
     def from_spec(cls, model) -> ModelShape:
@@ -116,7 +117,7 @@ class ModelShape:
             qk_norm=model.qk_norm, norm_position=model.norm_position, rope_scaling=model.rope_scaling,
             norm_offset=model.norm_offset, embed_scale=model.embed_scale, attn_softcap=model.attn_softcap,
             logit_softcap=model.logit_softcap, attn_scale=model.attn_scale,
-            rope_local_theta=model.rope_local_theta,
+            rope_local_theta=model.rope_local_theta, rotary_dims=model.rotary_dims,
         )
 
     def rope_of(self, layer: LayerShape) -> tuple[float, tuple]:
@@ -212,6 +213,7 @@ class ModelShape:
             "logit_softcap": self.logit_softcap,
             "attn_scale": self.attn_scale,
             "rope_local_theta": self.rope_local_theta,
+            "rotary_dims": self.rotary_dims,
             "layers": [
                 {"mlp": s.mlp, "heads": s.heads, "kv_heads": s.kv_heads, "key": s.key, "value": s.value,
                  **({"attention": s.attention} if s.attention != "full_attention" else {})}

@@ -61,9 +61,12 @@ def softcap(x, cap: float | None):
     return x if cap is None else cap * torch.tanh(x / cap)
 
 
-def rope(x, theta: float, scaling: tuple = (), positions: int = 0):
+def rope(x, theta: float, scaling: tuple = (), positions: int = 0, rotary: int | None = None):
     """Rotate ``x`` (B, heads, T, key) by position, ``rotate_half`` pairing; ``scaling`` and
-    ``positions`` (max_position_embeddings) as `specgrow.rope.frequencies` reads them."""
+    ``positions`` (max_position_embeddings) as `specgrow.rope.frequencies` reads them; with
+    ``rotary`` (partial rotary) only the first ``rotary`` dims, at the frequencies of that width."""
+    if rotary is not None and rotary < x.shape[-1]:
+        return torch.cat([rope(x[..., :rotary], theta, scaling, positions), x[..., rotary:]], dim=-1)
     seq, width = x.shape[-2], x.shape[-1]
     cos, sin = frequencies.angles(width, theta, scaling, positions, seq)  # (T, key) float64
     cos, sin = torch.from_numpy(cos).to(x.device, x.dtype), torch.from_numpy(sin).to(x.device, x.dtype)
@@ -108,7 +111,8 @@ def attend(q, k, v, s: LayerShape, shape: ModelShape, q_gain=None, k_gain=None):
         q, k = normalize(q, "rmsnorm", eps, q_gain, None, offset), normalize(k, "rmsnorm", eps, k_gain, None, offset)
     if shape.position == "rope":
         theta, scaling = shape.rope_of(s)
-        q, k = rope(q, theta, scaling, shape.positions), rope(k, theta, scaling, shape.positions)
+        q = rope(q, theta, scaling, shape.positions, shape.rotary_dims)
+        k = rope(k, theta, scaling, shape.positions, shape.rotary_dims)
     group = s.heads // s.kv_heads
     k = k.repeat_interleave(group, dim=1)  # (B, H, T, k)
     v = v.repeat_interleave(group, dim=1)  # (B, H, T, v)

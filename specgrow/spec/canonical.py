@@ -45,7 +45,7 @@ MAX_LAYERS = 4096
 MODEL_FIELDS = ("arch", "dims", *(f"dims.{f.name}" for f in fields(Dims)), "norm", "norm_eps", "activation",
                 "position", "rope_theta", "final_norm", "tie_embeddings", "bias", "qk_norm", "norm_position",
                 "rope_scaling", "norm_offset", "embed_scale", "attn_softcap", "logit_softcap", "attn_scale",
-                "layer_types", "rope_local_theta")
+                "layer_types", "rope_local_theta", "rotary_dims")
 # the widths each step kind changes: a shape a HF config cannot express is blamed on the last step
 # that changed one of the widths involved
 CHANGES = {"mlp": ("mlp",), "heads": ("heads", "kv_heads"), "value": ("value",), "key": ("key",),
@@ -296,8 +296,16 @@ class _Checker:
                 + "), so no placement of the old dims keeps every old frequency; key growth is not exact "
                 "under this scaling (grow the other widths, or use linear or llama3 scaling)",
             )
+        partial = self.model.rotary_dims is not None
+        if partial and placement == "interleave":
+            raise self.fail(
+                path + ("placement",),
+                f"with rotary_dims {self.model.rotary_dims} only the first {self.model.rotary_dims} dims of a head "
+                "turn, at frequencies of that width: placement append keeps them (new dims join the part that "
+                "does not turn); interleave would move them",
+            )
         if placement == "auto":
-            placement = "interleave" if rope and not uneven else "append"
+            placement = "interleave" if rope and not uneven and not partial else "append"
         rescale = raw.get("rescale", "none" if self.model.attn_scale is not None else "k")
         step = KeyStep(to, layers, rescale, placement, self.init(path, "key", raw))
         return step, self.resize(shape, layers, key=to)
@@ -462,7 +470,20 @@ def _model(doc: Document, raw: dict) -> ModelSpec:
         attn_scale=_optional_float(raw.get("attn_scale")),
         layer_types=_layer_types(doc, raw, dims["layers"]),
         rope_local_theta=_optional_float(raw.get("rope_local_theta")),
+        rotary_dims=_rotary_dims(doc, raw, position, key),
     )
+
+
+def _rotary_dims(doc: Document, raw: dict, position: str, key: int) -> int | None:
+    rotary = raw.get("rotary_dims")
+    if rotary is None:
+        return None
+    where = ("model", "rotary_dims")
+    if position != "rope":
+        raise _fail(doc, where, f"rotary_dims needs position rope, found position {position}")
+    if rotary % 2 or rotary > key:
+        raise _fail(doc, where, f"expected an even number of rotary dims at most key {key}, found {rotary}")
+    return None if rotary == key else rotary
 
 
 def _layer_types(doc: Document, raw: dict, layers: int) -> tuple[str, ...]:

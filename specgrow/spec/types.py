@@ -88,6 +88,7 @@ class ModelSpec:
     attn_scale: float | None = None  # query_pre_attn_scalar
     layer_types: tuple[str, ...] = ()  # per layer: full_attention | sliding_attention; () all full
     rope_local_theta: float | None = None  # RoPE base of sliding-attention layers
+    rotary_dims: int | None = None  # partial rotary: the first rotary_dims columns of each head turn
 
 
 # ---------------------------------------------------------------- the steps

@@ -149,7 +149,7 @@ def _symbols(exprs) -> set:
         if isinstance(e, sp.Symbol):
             found.add(e)
         elif isinstance(e, Rope):
-            stack += e.args[:2]
+            stack += [e.args[0], e.args[1], e.args[3]]
         elif isinstance(e, sp.Lambda):
             found |= {s for s in e.free_symbols if isinstance(s, sp.Symbol)}
         else:
@@ -360,19 +360,22 @@ def rotary(x, frequencies):
     return x * np.cos(angles) + turned * np.sin(angles)
 
 
-def rope(x, node="Rope"):
-    """The true RoPE of ``x`` (its width even), ``inv_freq_i = THETA^(-2i/width)``."""
-    width = x.shape[-1]
-    if width % 2:
-        raise ShapeError(f"{node}: RoPE of an odd width {width}")
-    return rotary(x, THETA ** (-np.arange(0, width, 2) / width))
+def rope(x, node="Rope", turned: int = 0):
+    """The true RoPE of ``x`` (its width even), ``inv_freq_i = THETA^(-2i/width)``; with ``turned``
+    (partial rotary) only the first ``turned`` columns, at the frequencies of that width."""
+    width = turned or x.shape[-1]
+    if width % 2 or width > x.shape[-1]:
+        raise ShapeError(f"{node}: RoPE of width {width} on {x.shape[-1]} columns")
+    head = rotary(x[..., :width], THETA ** (-np.arange(0, width, 2) / width))
+    return np.concatenate([head, x[..., width:]], axis=-1)
 
 
 def _rope(e, values):
     x, width, tag = evaluate(e.args[0], values), float(evaluate(e.args[1], values)), e.args[2].name
+    turned = _size(e.args[3], values, e) if e.args[3] != 0 else 0
     if tag == "old":
         _fits(e, x.shape[1], width)
-        return rope(x)
+        return rope(x, "Rope", turned)
     draw = random.Random(f"{tag}/{width:g}")
     if x.shape[1] % 2 == 0:
         return rotary(x, 0.1 + _uniform(draw, x.shape[1] // 2))
@@ -382,7 +385,9 @@ def _rope(e, values):
 def _heads(e, values):
     q, k, v = (evaluate(a, values) for a in e.args[:3])
     key, value = (_size(a, values, e) for a in e.args[3:5])
-    scale, rotate, cap = evaluate(e.args[5], values), e.args[6] == 1, float(e.args[7])
+    scale, cap = evaluate(e.args[5], values), float(e.args[7])
+    rotate = e.args[6] != 0
+    turned = 0 if e.args[6] in (0, 1) else _size(e.args[6], values, e)
     heads, groups = q.shape[1] // key, k.shape[1] // key
     _fits(e, q.shape[0], k.shape[0], v.shape[0])
     _fits(e, (q.shape[1], k.shape[1], v.shape[1]), (heads * key, groups * key, groups * value))
@@ -392,7 +397,7 @@ def _heads(e, values):
     k = _split_heads(k, groups, key, heads // groups)  # query head j reads kv head j // (heads/groups)
     v = _split_heads(v, groups, value, heads // groups)
     if rotate:
-        q, k = rope(q, "Heads"), rope(k, "Heads")
+        q, k = rope(q, "Heads", turned), rope(k, "Heads", turned)
     scores = scale * q @ k.transpose(0, 2, 1)
     out = causal_softmax(cap * np.tanh(scores / cap) if cap else scores) @ v
     return out.transpose(1, 0, 2).reshape(n, heads * value)

@@ -14,6 +14,9 @@ uses these identities (each proved at index level and checked numerically in
 * ``gqa_split``: Heads([Q_a, Q_b], [K_a, K_b], [V_a, V_b]) = [Heads(Q_a, K_a, V_a), Heads(Q_b, K_b, V_b)]
   when each query block holds exactly the heads that read its kv block.
 * ``rope_linear``: RoPE(c*X) = c * RoPE(X), RoPE(0) = 0.
+* ``partial_rope``: with partial rotary over the first r columns of a head, RoPE_r([A, B]) =
+  [RoPE_r(A), B] when A is the old head (width k >= r): the frequencies depend on r alone, so
+  columns appended after the old head are not turned (used by `sublayers.rotate`).
 * ``zero_gain``: RMSNorm(x, 0, e) = 0 and LayerNorm(x, 0, b, e) = 1 * b.
 * ``heads_of_zero_values``: Heads(Q, K, 0) = 0 (each row of the softmax weighs zeros).
 * ``norm_of_zero``: RMSNorm(0, g, e) = 0 and LayerNorm(0, g, b, e) = 1 * b, for e != 0 (with
@@ -113,7 +116,8 @@ class Heads(_Op):
 
     Q (n, a*k), K (n, b*k), V (n, b*v): query head j reads kv head j // (a/b); scores
     scaled by ``scale``, then soft-capped to ``cap * tanh(s / cap)`` when ``cap`` is not 0;
-    RoPE inside when ``rope`` is 1.
+    RoPE inside when ``rope`` is 1, on the first ``rope`` columns of each head when it is a
+    rotary width (partial rotary: even, so never 1); none when 0.
     """
 
     def __new__(cls, q, k, v, key, value, scale, rope, cap=0):
@@ -138,10 +142,11 @@ class Softmax(_Op):
 
 
 class Rope(_Op):
-    """Rotary embedding of one head's (n, w) projection at head width ``width``."""
+    """Rotary embedding of one head's (n, w) projection at head width ``width``; with ``rotary``
+    (partial rotary, not 0) only the first ``rotary`` columns turn, at frequencies of that width."""
 
-    def __new__(cls, x, width, tag):
-        return MatrixExpr.__new__(cls, x, sp.sympify(width), sp.Symbol(str(tag)))
+    def __new__(cls, x, width, tag, rotary=0):
+        return MatrixExpr.__new__(cls, x, sp.sympify(width), sp.Symbol(str(tag)), sp.sympify(rotary))
 
     @property
     def shape(self):
@@ -240,19 +245,19 @@ def r_heads(e, trace):
 
 
 def r_rope(e, trace):
-    x, width, tag = e.args
+    x, width, tag, rotary = e.args
     if isinstance(x, ZeroMatrix):
         trace.lemma("rope_linear")
         return ZeroMatrix(*x.shape)
     c, x0 = _split_scalar(x)
     if c != 1:
         trace.lemma("rope_linear")
-        return mul(c, Rope(x0, width, tag))
+        return mul(c, Rope(x0, width, tag, rotary))
     if isinstance(x, BlockMatrix):
         coeffs = {_split_scalar(b)[0] for b in x.blocks}
         if len(coeffs) == 1 and (c := coeffs.pop()) != 1:
             trace.lemma("rope_linear")
-            return mul(c, Rope(BlockMatrix([[_split_scalar(b)[1] for b in x.blocks]]), width, tag))
+            return mul(c, Rope(BlockMatrix([[_split_scalar(b)[1] for b in x.blocks]]), width, tag, rotary))
     return e
 
 

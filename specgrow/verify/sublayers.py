@@ -23,6 +23,7 @@ from specgrow.ir import Grouped
 n = sp.Symbol("n", positive=True, integer=True)
 EPS = sp.Symbol("epsilon", positive=True)
 ATTN_SCALE = sp.Symbol("s_attn", positive=True)  # Gemma's query_pre_attn_scalar
+ROTARY = sp.Symbol("rho", positive=True, integer=True)  # partial rotary: the columns of a head that turn
 h, k, v = sym("h"), sym("k"), sym("v")
 
 # Per-head sizes of the per-head spaces (one generic head / kv group).
@@ -160,7 +161,7 @@ def attention(w, x_new, x_old, eps_new, key_new, value_new):
     xn_new, xn_old = pre_norm(w, "attn_norm", x_new, x_old, eps_new)
     q, k_, v_ = (_project(w, f"attn.{r}", xn_new, xn_old) for r in ("q", "k", "v"))
     q, k_ = qk_norm_whole(w, q, k_, key_new, eps_new)
-    rope = int(w.shape.position == "rope")
+    rope = (ROTARY if w.shape.rotary_dims is not None else 1) if w.shape.position == "rope" else 0
     cap = sp.nsimplify(w.shape.attn_softcap or 0)
     heads_new = Heads(q[0], k_[0], v_[0], key_new, value_new, scale(w, key_new), rope, cap)
     heads_old = Heads(q[1], k_[1], v_[1], k, v, scale(w, k), rope, cap)
@@ -184,8 +185,8 @@ def attention_head(w, x_new, x_old, eps_new, key_new, value_new, side, same_scor
     if w.segments.get("attn.q.weight", (None,))[0] != w.segments.get("attn.k.weight", (None,))[0]:
         raise Stuck("query and key heads are cut differently (no shared permutation)")
     if w.shape.position == "rope":
-        q = (rotate(w, q[0], key_new, side), Rope(q[1], k, "old"))
-        k_ = (rotate(w, k_[0], key_new, side), Rope(k_[1], k, "old"))
+        q = (rotate(w, q[0], key_new, side), Rope(q[1], k, "old", turned(w)))
+        k_ = (rotate(w, k_[0], key_new, side), Rope(k_[1], k, "old", turned(w)))
     scores_new = mul(scale(w, key_new), q[0], k_[0].T)
     scores_old = mul(scale(w, k), q[1], k_[1].T)
     v_ = _project(w, "attn.v", xn_new, xn_old)
@@ -208,10 +209,17 @@ def capped(w, scores):
     return scores if w.shape.attn_softcap is None else apply_fn(softcap_fn(w.shape.attn_softcap), scores)
 
 
+def turned(w):
+    """The rotary columns of a head: ``ROTARY`` under partial rotary, 0 (all of them) otherwise."""
+    return ROTARY if w.shape.rotary_dims is not None else 0
+
+
 def rotate(w, x, width, side):
     """RoPE of a grown head in segment order, by the `rope_placement` lemma when it applies."""
     if "attn.q.weight" not in w.edits and "attn.k.weight" not in w.edits and width == k:
-        return Rope(x, k, "old")  # the head's width and its query/key weights are unchanged
+        return Rope(x, k, "old", turned(w))  # the head's width and its query/key weights are unchanged
+    if w.shape.rotary_dims is not None:
+        return _rotate_partial(w, x, width, side)
     scaling = dict(w.shape.rope_scaling).get("type")
     if scaling in WIDTH_DEPENDENT and width != k:
         side.append((f"rope scaling {scaling}: its frequencies depend on the head width itself: k' - k", width - k))
@@ -243,6 +251,25 @@ def rotate(w, x, width, side):
     old = BlockMatrix([[blocks[j] for j in old_cols]])
     rest = [Rope(b, width, f"new{j}") for j, b in enumerate(blocks) if j not in old_cols]
     return BlockMatrix([[Rope(old, k, "old"), *rest]])
+
+
+def _rotate_partial(w, x, width, side):
+    """Partial rotary (the first r columns turn, at frequencies of width r): by `partial_rope`, a
+    head whose old columns stay first, in order, keeps them turned as before, and the columns
+    appended after them are not turned. Another placement is a new rotation."""
+    placements = w.placements.get("attn.q.weight", ())
+    where = lambda ps: [(p.old_start, p.old_stop, p.new_start, p.new_step) for p in ps]  # noqa: E731
+    if where(placements) != where(w.placements.get("attn.k.weight", placements)):
+        raise Stuck("query and key place the old rotary dims differently")
+    x = collapse(x, Trace(), extra=LEMMAS)
+    first = [p for p in placements if p.old_start == 0]
+    kept = len(placements) == 1 and len(first) == 1 and first[0].new_start == 0 and first[0].new_step == 1 \
+        and sp.simplify(first[0].old_stop - k) == 0
+    side.append(("partial rotary: the old head's columns stay first and in order (0 if so)", 0 if kept else 1))
+    if not kept or not isinstance(x, BlockMatrix):
+        return Rope(x, width, "new", ROTARY)
+    blocks = list(x.blocks)
+    return BlockMatrix([[Rope(blocks[0], k, "old", ROTARY), *blocks[1:]]])
 
 
 def embedding(w, lift, hidden_new=h):

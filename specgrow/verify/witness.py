@@ -21,6 +21,7 @@ same values, as in the executor.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -245,6 +246,9 @@ def _attention(shape: ModelShape, state: State, layer: int, x: np.ndarray) -> np
 def _rope(x: np.ndarray, shape: ModelShape, layer) -> np.ndarray:
     """Rotate ``x`` (B, heads, T, key) by position, ``rotate_half`` pairing (dim i with i + key/2),
     with the model's rope scaling (`specgrow.rope`)."""
+    if shape.rotary_dims is not None and shape.rotary_dims < x.shape[-1]:  # partial rotary: the first dims
+        turned = _rope(x[..., :shape.rotary_dims], replace(shape, rotary_dims=None), layer)
+        return np.concatenate([turned, x[..., shape.rotary_dims:]], axis=-1)
     seq, width = x.shape[-2], x.shape[-1]
     theta, scaling = shape.rope_of(layer)
     cos, sin = angles(width, theta, scaling, shape.positions, seq)  # (T, key)
