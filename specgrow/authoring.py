@@ -51,9 +51,13 @@ def spec_for_folder(folder: str) -> str:
         f"  activation: {model['activation']}",
         f"  position: {model['position']}",
         f"  rope_theta: {_float(model.get('rope_theta', 10000.0))}{unused}",
+        *([f"  rope_scaling: {_scaling(model['rope_scaling'])}"] if model.get("rope_scaling") else []),
         f"  final_norm: {_bool(model['final_norm'])}",
         f"  tie_embeddings: {_bool(model['tie_embeddings'])}",
         f"  bias: {_bias(model['bias'])}",
+        # the features only some families have, written where they are not the default
+        *[f"  {key}: {model[key]}" for key, default in (("qk_norm", "none"), ("norm_position", "pre"))
+          if model.get(key, default) != default],
         "seed: 0",
     ]
     text = "\n".join(lines) + "\n" + STEPS_HELP.format(mlp=2 * model["dims"]["mlp"])
@@ -76,6 +80,14 @@ def _float(value: float) -> str:
     """A float that YAML 1.1 readers (PyYAML) read as a float too: ``1.0e-05``, not ``1e-05``."""
     mantissa, e, exponent = repr(float(value)).partition("e")
     return (mantissa if "." in mantissa else mantissa + ".0") + e + exponent
+
+
+def _scaling(scaling: dict) -> str:
+    """A rope scaling as a YAML flow mapping, its type first: ``{type: llama3, factor: 8.0, ...}``."""
+    keys = sorted(scaling, key=lambda key: (key != "type", key))
+    values = {key: _bool(v) if isinstance(v, bool) else _float(v) if isinstance(v, float) else str(v)
+              for key, v in scaling.items()}
+    return "{" + ", ".join(f"{key}: {values[key]}" for key in keys) + "}"
 
 
 def _bool(value: bool) -> str:

@@ -53,14 +53,14 @@ def frequencies(width: int, theta: float, scaling: tuple, positions: int, length
     if kind == "linear":
         return inv_freq / factor, 1.0
     if kind == "llama3":
-        return _llama3(inv_freq, factor, params), 1.0
+        return _llama3(inv_freq, factor, params, positions), 1.0
     if kind == "yarn":
         return _yarn(width, base, factor, params, positions)
     raise ValueError(f"unknown rope scaling {kind!r}")
 
 
-def _llama3(inv_freq: np.ndarray, factor: float, params: dict) -> np.ndarray:
-    context = params["original_max_position_embeddings"]
+def _llama3(inv_freq: np.ndarray, factor: float, params: dict, positions: int) -> np.ndarray:
+    context = params.get("original_max_position_embeddings") or positions  # as transformers fills it in
     low, high = params["low_freq_factor"], params["high_freq_factor"]
     wavelength = 2 * math.pi / inv_freq
     scaled = np.where(wavelength > context / low, inv_freq / factor, inv_freq)

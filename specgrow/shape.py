@@ -102,6 +102,7 @@ class ModelShape:
     attn_scale: float | None = None  # scores times attn_scale^-1/2 (Gemma's query_pre_attn_scalar) for 1/sqrt(key)
     rope_local_theta: float | None = None  # RoPE base of sliding-attention layers (unscaled); None: rope_theta
     rotary_dims: int | None = None  # partial rotary: the first rotary_dims columns of each head turn; None: all
+    parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX)
 
     @classmethod
     def from_spec(cls, model) -> ModelShape:
@@ -118,6 +119,7 @@ class ModelShape:
             norm_offset=model.norm_offset, embed_scale=model.embed_scale, attn_softcap=model.attn_softcap,
             logit_softcap=model.logit_softcap, attn_scale=model.attn_scale,
             rope_local_theta=model.rope_local_theta, rotary_dims=model.rotary_dims,
+            parallel_residual=model.parallel_residual,
         )
 
     def rope_of(self, layer: LayerShape) -> tuple[float, tuple]:
@@ -214,6 +216,7 @@ class ModelShape:
             "attn_scale": self.attn_scale,
             "rope_local_theta": self.rope_local_theta,
             "rotary_dims": self.rotary_dims,
+            "parallel_residual": self.parallel_residual,
             "layers": [
                 {"mlp": s.mlp, "heads": s.heads, "kv_heads": s.kv_heads, "key": s.key, "value": s.value,
                  **({"attention": s.attention} if s.attention != "full_attention" else {})}

@@ -10,10 +10,13 @@ file holds: one role, or several concatenated along the role's output axis (GPT-
 ['h.{}.attn.c_attn.weight']
 >>> FAMILIES["llama"].name_of(FAMILIES["llama"].layer[1], 3, "model.")
 'model.layers.3.self_attn.q_proj.weight'
+>>> FAMILIES["olmo2"].display_name("attn.k_norm_all.weight", 1)
+'model.layers.1.self_attn.k_norm.weight'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -38,6 +41,9 @@ class Family:
     layer: tuple[Stored, ...]
     prefixes: tuple[str, ...]  # the model prefix, tried in order ("" = none)
     ignored: str  # regex of stored buffers that are not weights (dropped, recomputed on load)
+    # model fields every checkpoint of the family has, with their value (`PLAIN` by default):
+    # a spec whose model says otherwise describes another family
+    features: tuple[tuple[str, object], ...] = ()
 
     def name_of(self, stored: Stored, layer: int | None, prefix: str) -> str:
         name = stored.template.format(layer) if layer is not None else stored.template
@@ -63,10 +69,18 @@ class Family:
     def display_name(self, role: str, layer: int | None) -> str:
         """The stored name of a role, ``[q]`` marking its part of a fused tensor, ``.T`` a Conv1D layout.
 
+        A role the family never stores (a spec whose features are not the family's, e.g. a QK-norm
+        under ``arch: llama``) is shown by its role name, said so.
+
         >>> GPT2.display_name("attn.k.weight", 0)
         'transformer.h.0.attn.c_attn.weight[k].T'
+        >>> LLAMA.display_name("attn.q_norm.weight", 1)
+        'layers.1.attn.q_norm.weight (no llama tensor holds it)'
         """
-        stored = self.stored_of(role, layer)
+        try:
+            stored = self.stored_of(role, layer)
+        except KeyError:
+            return ("" if layer is None else f"layers.{layer}.") + f"{role} (no {self.name} tensor holds it)"
         name = self.name_of(stored, layer, self.prefixes[0])
         part = f"[{role.split('.')[1]}]" if len(stored.roles) > 1 else ""
         return name + part + (".T" if stored.transposed else "")
@@ -146,6 +160,43 @@ LLAMA = Family(
     ignored=r"rotary_emb\.inv_freq$",
 )
 
+QWEN3 = Family(  # LLaMA names plus a per-head QK-norm (q_norm, k_norm over head_dim, before RoPE)
+    name="qwen3",
+    model_types=("qwen3",),
+    globals=LLAMA.globals,
+    layer=(
+        _one("layers.{}.input_layernorm.weight", "attn_norm.weight"),
+        *(_one(f"layers.{{}}.self_attn.{p}_proj.{kind}", f"attn.{p}.{kind}")
+          for p in ("q", "k", "v", "o") for kind in ("weight", "bias")),
+        _one("layers.{}.self_attn.q_norm.weight", "attn.q_norm.weight"),
+        _one("layers.{}.self_attn.k_norm.weight", "attn.k_norm.weight"),
+        _one("layers.{}.post_attention_layernorm.weight", "mlp_norm.weight"),
+        *(_one(f"layers.{{}}.mlp.{p}_proj.{kind}", f"mlp.{p}.{kind}")  # no MLP biases in HF: never present
+          for p in ("gate", "up", "down") for kind in ("weight", "bias")),
+    ),
+    prefixes=LLAMA.prefixes,
+    ignored=LLAMA.ignored,
+)
+
+OLMO2 = Family(  # no pre-norms: each sublayer's output is normed (post_attention_layernorm,
+    # post_feedforward_layernorm) before the residual add; q_norm/k_norm over all heads at once
+    name="olmo2",
+    model_types=("olmo2",),
+    globals=LLAMA.globals,
+    layer=(
+        *(_one(f"layers.{{}}.self_attn.{p}_proj.{kind}", f"attn.{p}.{kind}")
+          for p in ("q", "k", "v", "o") for kind in ("weight", "bias")),
+        _one("layers.{}.self_attn.q_norm.weight", "attn.q_norm_all.weight"),
+        _one("layers.{}.self_attn.k_norm.weight", "attn.k_norm_all.weight"),
+        _one("layers.{}.post_attention_layernorm.weight", "attn_post_norm.weight"),
+        *(_one(f"layers.{{}}.mlp.{p}_proj.{kind}", f"mlp.{p}.{kind}")  # no MLP biases in HF: never present
+          for p in ("gate", "up", "down") for kind in ("weight", "bias")),
+        _one("layers.{}.post_feedforward_layernorm.weight", "mlp_post_norm.weight"),
+    ),
+    prefixes=LLAMA.prefixes,
+    ignored=LLAMA.ignored,
+)
+
 REFERENCE = Family(  # specgrow's own names: `specgrow.shape.tensor_name`
     name="reference",
     model_types=(),
@@ -155,4 +206,17 @@ REFERENCE = Family(  # specgrow's own names: `specgrow.shape.tensor_name`
     ignored=r"(?!)",
 )
 
-FAMILIES = {"reference": REFERENCE, "gpt2": GPT2, "llama": LLAMA}
+def _features(**fixed) -> tuple[tuple[str, object], ...]:
+    """`PLAIN` with ``fixed`` over it, as sorted pairs."""
+    return tuple(sorted({**PLAIN, **fixed}.items()))
+
+
+PLAIN = {"qk_norm": "none", "norm_position": "pre", "norm_offset": 0.0, "embed_scale": False,
+         "attn_softcap": None, "logit_softcap": None, "attn_scale": None, "parallel_residual": False,
+         "rope_local_theta": None, "rotary_dims": None}
+GPT2 = dataclasses.replace(GPT2, features=_features(rope_scaling=()))
+LLAMA = dataclasses.replace(LLAMA, features=_features())
+QWEN3 = dataclasses.replace(QWEN3, features=_features(qk_norm="head"))
+OLMO2 = dataclasses.replace(OLMO2, features=_features(qk_norm="all", norm_position="post"))
+
+FAMILIES = {"reference": REFERENCE, "gpt2": GPT2, "llama": LLAMA, "qwen3": QWEN3, "olmo2": OLMO2}

@@ -41,15 +41,41 @@ LLAMA_KEYS = {"hidden_size": "hidden", "num_attention_heads": "heads", "num_key_
               "head_dim": "key", "intermediate_size": "mlp", "num_hidden_layers": "layers", "vocab_size": "vocab",
               "max_position_embeddings": "positions", "rms_norm_eps": "eps", "hidden_act": "string",
               "rope_theta": "theta", "rope_parameters": "object", "rope_scaling": "object",
-              "partial_rotary_factor": "number", "tie_word_embeddings": "boolean", "attention_bias": "boolean",
-              "mlp_bias": "boolean", "sliding_window": "window", "use_sliding_window": "boolean",
+              "partial_rotary_factor": "number", "original_max_position_embeddings": "context",
+              "tie_word_embeddings": "boolean", "attention_bias": "boolean", "mlp_bias": "boolean",
+              "sliding_window": "window", "use_sliding_window": "boolean", "max_window_layers": "count",
               "layer_types": "strings"}
+QWEN3_KEYS = {key: kind for key, kind in LLAMA_KEYS.items() if key != "mlp_bias"}  # no MLP biases
+OLMO2_KEYS = {key: kind for key, kind in QWEN3_KEYS.items()  # no sliding window either
+              if key not in ("sliding_window", "use_sliding_window", "max_window_layers", "layer_types")}
+KEYS = {"gpt2": GPT2_KEYS, "llama": LLAMA_KEYS, "qwen3": QWEN3_KEYS, "olmo2": OLMO2_KEYS}
+# The defaults transformers' config classes give a key that is absent (a null one is treated alike here;
+# transformers would fail on most of them): Qwen3Config's head_dim is 128 and its num_key_value_heads 32,
+# whatever hidden and heads are; Olmo2Config's rms_norm_eps is 1e-5.
+DEFAULTS = {"llama": {"rms_norm_eps": 1e-6}, "qwen3": {"rms_norm_eps": 1e-6, "head_dim": 128, "num_key_value_heads": 32},
+            "olmo2": {"rms_norm_eps": 1e-5}}
 ROPE_KEYS = {"rope_type": "string", "type": "string", "rope_theta": "theta"}  # in rope_parameters, rope_scaling
+ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
+# The keys each rope type reads besides rope_type and rope_theta (transformers' modeling_rope_utils), by
+# kind, and the ones it cannot do without. The spec's `rope_scaling` holds these (and `type`).
+SCALING_KEYS = {
+    "linear": {"factor": "theta"},
+    "dynamic": {"factor": "theta"},
+    "llama3": {"factor": "theta", "low_freq_factor": "theta", "high_freq_factor": "theta",
+               "original_max_position_embeddings": "context"},
+    "yarn": {"factor": "theta", "original_max_position_embeddings": "context", "beta_fast": "eps",
+             "beta_slow": "eps", "attention_factor": "theta", "mscale": "eps", "mscale_all_dim": "eps",
+             "truncate": "boolean"},
+}
+REQUIRED_SCALING = {"linear": ("factor",), "dynamic": ("factor",), "llama3": tuple(SCALING_KEYS["llama3"]),
+                    "yarn": ()}
 KINDS = {  # kind: (what is expected, test)
     "eps": ("a finite number >= 0", lambda v: _is_number(v) and 0 <= v < math.inf),
     "theta": ("a finite number > 0", lambda v: _is_number(v) and 0 < v < math.inf),
     "number": ("a finite number", lambda v: _is_number(v) and math.isfinite(v)),
     "window": ("an integer >= 0 (0: no sliding window)", lambda v: _is_int(v) and 0 <= v < 2**63),
+    "count": ("an integer >= 0", lambda v: _is_int(v) and 0 <= v < 2**63),
+    "context": ("an integer in 1..1000000000", lambda v: _is_int(v) and 1 <= v <= 10**9),
     "boolean": ("true or false", lambda v: isinstance(v, bool)),
     "string": ("a string", lambda v: isinstance(v, str)),
     "object": ("an object", lambda v: isinstance(v, dict)),
@@ -58,13 +84,16 @@ KINDS = {  # kind: (what is expected, test)
 
 
 def family_of(config: dict, path: str) -> str:
+    """The name of the family (`specgrow.arch.FAMILIES`) whose ``model_types`` hold the config's model_type."""
     model_type = config.get("model_type")
-    if model_type == "gpt2":
-        return "gpt2"
-    if model_type in ("llama", "mistral", "qwen2"):
-        return "llama"
+    for family in FAMILIES.values():
+        if isinstance(model_type, str) and model_type in family.model_types:
+            return family.name
     raise CheckpointError(f"config.json: model_type {_found(model_type)} is not supported "
-                          "(expected gpt2, llama, mistral or qwen2)", path=path)
+                          f"(expected {MODEL_TYPES})", path=path)
+
+
+MODEL_TYPES = "gpt2, llama, mistral, qwen2, qwen3 or olmo2"
 
 
 def read_config(directory: Path) -> dict:
@@ -117,8 +146,9 @@ def _huge_in(value) -> _Huge | None:
 def validate_config(config: dict, path: str) -> None:
     """`CheckpointError` at the first key the config's family reads whose value has the wrong
     type or range (dims within the spec's bounds), naming the key, what it expects and what it found."""
-    gpt2 = family_of(config, path) == "gpt2"
-    for key, kind in (GPT2_KEYS if gpt2 else LLAMA_KEYS).items():
+    family = family_of(config, path)
+    gpt2 = family == "gpt2"
+    for key, kind in KEYS[family].items():
         _check_value(key, config.get(key), kind, path)
     for outer in () if gpt2 else ("rope_parameters", "rope_scaling"):
         for key, kind in ROPE_KEYS.items():
@@ -166,16 +196,121 @@ def _require(config: dict, key: str, path: str):
     return config[key]
 
 
-def rope_theta(config: dict, path: str) -> float:
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or {}
-    for source in (params, scaling):
-        kind = source.get("rope_type", source.get("type", "default"))
-        if kind != "default":
-            raise CheckpointError(f"config.json: rope_type '{kind}' is not supported (expected default)", path=path)
-    if config.get("partial_rotary_factor", 1.0) != 1.0:
+def _get(config: dict, key: str, default):
+    """``config[key]``, or ``default`` when the key is absent or null."""
+    value = config.get(key)
+    return default if value is None else value
+
+
+def _rope_source(config: dict) -> tuple[str, dict]:
+    """``(key, object)`` of the rope settings transformers builds the model from: the legacy
+    ``rope_scaling`` when it is set (it replaces ``rope_parameters``), else ``rope_parameters``."""
+    if config.get("rope_scaling"):
+        return "rope_scaling", config["rope_scaling"]
+    return "rope_parameters", config.get("rope_parameters") or {}
+
+
+def rope_parameters(config: dict, path: str) -> dict:
+    """The rope parameters transformers builds the model with, standardized as it does:
+    ``rope_type``, ``rope_theta`` (from the object, else the top-level ``rope_theta``, else 10000)
+    and the keys the rope type reads, with ``original_max_position_embeddings`` filled in for
+    llama3 and yarn (a top-level value first, then the object's, then ``max_position_embeddings``)
+    and a yarn ``factor`` left null derived from the two lengths. Keys that do not change the
+    frequencies are dropped (yarn's beta_fast and beta_slow when null or 0, mscale and
+    mscale_all_dim unless both are set and attention_factor is not, truncate when true).
+    `CheckpointError` for a rope type other than default, linear, llama3, yarn or dynamic, per-layer
+    rope parameters, a partial rotary factor, or a missing or ill-typed parameter, naming the key.
+
+    >>> rope_parameters({"rope_scaling": {"type": "linear", "factor": 2}, "rope_theta": 5e5}, "config.json")
+    {'rope_type': 'linear', 'rope_theta': 500000.0, 'factor': 2.0}
+    """
+    outer, source = _rope_source(config)
+    if any(isinstance(value, dict) for value in source.values()):
+        raise CheckpointError(f"config.json: {outer}: per-layer-type rope parameters are not supported (expected "
+                              "one object with rope_type and its parameters)", path=path)
+    type_key = "rope_type" if "rope_type" in source else "type"
+    kind = source.get(type_key, "default")
+    if kind not in ROPE_TYPES:
+        raise CheckpointError(f"config.json: {outer}.{type_key}: rope type {_found(kind)} is not supported "
+                              "(expected default, linear, llama3, yarn or dynamic)", path=path)
+    partial = _get(source, "partial_rotary_factor", config.get("partial_rotary_factor"))
+    if partial is not None and partial != 1.0:
         raise CheckpointError("config.json: partial_rotary_factor other than 1 is not supported", path=path)
-    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+    theta = _get(source, "rope_theta", _get(config, "rope_theta", 10000.0))
+    out = {"rope_type": kind, "rope_theta": float(theta)}
+    if kind == "default":
+        return out
+    params = dict(source)
+    if kind in ("llama3", "yarn"):  # transformers' standardize_rope_params
+        params["original_max_position_embeddings"] = _get(
+            config, "original_max_position_embeddings",
+            _get(params, "original_max_position_embeddings", config.get("max_position_embeddings")))
+        _check_value(f"{outer}.original_max_position_embeddings", params["original_max_position_embeddings"],
+                     "context", path)
+    if kind == "yarn" and params.get("factor") is None and params["original_max_position_embeddings"]:
+        positions = config.get("max_position_embeddings")  # transformers: factor from the two lengths
+        if _is_int(positions):
+            params["factor"] = positions / params["original_max_position_embeddings"]
+    for key, value_kind in SCALING_KEYS[kind].items():
+        value = params.get(key)
+        if value is None:
+            if key in REQUIRED_SCALING[kind] or key == "factor":
+                raise CheckpointError(f"config.json: {outer}.{key}: rope type {kind} needs it, found none", path=path)
+            continue
+        _check_value(f"{outer}.{key}", value, value_kind, path)
+        out[key] = value if value_kind in ("context", "boolean") else float(value)
+    if kind == "yarn":
+        for key in ("beta_fast", "beta_slow"):  # transformers: `or 32`, `or 1`
+            if not out.get(key):
+                out.pop(key, None)
+        if "attention_factor" in out or not (out.get("mscale") and out.get("mscale_all_dim")):
+            out.pop("mscale", None)
+            out.pop("mscale_all_dim", None)
+        if params.get("truncate", True) is None:  # transformers: `if truncate:`
+            out["truncate"] = False
+        if out.get("truncate") is True:
+            del out["truncate"]
+    return out
+
+
+def rope_settings(config: dict, path: str) -> tuple[float, dict]:
+    """``(rope_theta, the spec's rope_scaling)`` of a config (``{}``: no scaling), by `rope_parameters`."""
+    params = rope_parameters(config, path)
+    scaling = {key: value for key, value in params.items() if key not in ("rope_type", "rope_theta")}
+    return params["rope_theta"], ({"type": params["rope_type"], **scaling} if params["rope_type"] != "default" else {})
+
+
+def rope_theta(config: dict, path: str) -> float:
+    return rope_settings(config, path)[0]
+
+
+def effective_scaling(scaling: dict, positions: int) -> dict:
+    """A rope scaling (the spec's ``rope_scaling`` keys) with the defaults both transformers and
+    `specgrow.rope` fill in spelled out and the keys its type does not read dropped: two scalings
+    compute the same frequencies iff these are equal."""
+    out = dict(scaling)
+    kind = out.get("type")
+    if kind not in SCALING_KEYS:
+        return out
+    out = {key: value for key, value in out.items() if key == "type" or key in SCALING_KEYS[kind]}
+    if kind == "yarn":
+        if not out.get("original_max_position_embeddings"):
+            out["original_max_position_embeddings"] = positions
+        out["beta_fast"] = out.get("beta_fast") or 32.0
+        out["beta_slow"] = out.get("beta_slow") or 1.0
+        out.setdefault("truncate", True)
+        if "attention_factor" in out or not (out.get("mscale") and out.get("mscale_all_dim")):
+            out.pop("mscale", None)
+            out.pop("mscale_all_dim", None)
+    return out
+
+
+def _same(have, want) -> bool:
+    if isinstance(want, dict) and isinstance(have, dict):
+        return have.keys() == want.keys() and all(_same(have[key], want[key]) for key in want)
+    if isinstance(want, float) and _is_number(have):
+        return math.isclose(have, want, rel_tol=1e-9)
+    return have == want
 
 
 def expected_model(config: dict, path: str = "config.json") -> dict:
@@ -201,44 +336,64 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
             "norm": "layernorm", "norm_eps": float(config.get("layer_norm_epsilon", 1e-5)),
             "activation": GPT2_ACTIVATIONS[activation], "position": "learned", "final_norm": True,
             "tie_embeddings": bool(config.get("tie_word_embeddings", True)), "bias": PROJECTIONS,
+            "qk_norm": "none", "norm_position": "pre",
         }
     hidden, heads = _require(config, "hidden_size", path), _require(config, "num_attention_heads", path)
     if config.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"config.json: hidden_act {_found(config['hidden_act'])} is not supported "
                               "(expected silu: the gated MLP is swiglu)", path=path)
-    head_dim = config.get("head_dim") or hidden // heads
+    defaults = DEFAULTS.get(family, DEFAULTS["llama"])
+    head_dim = _get(config, "head_dim", defaults.get("head_dim") or hidden // heads)
+    kv_heads = config.get("num_key_value_heads", defaults.get("num_key_value_heads")) or heads
     model_type = config["model_type"]
+    attention, mlp = PROJECTIONS[:4], PROJECTIONS[4:]  # q k v o | up gate down
     if model_type == "qwen2":
         bias: tuple[str, ...] = ("q", "k", "v")
     elif model_type == "mistral":
         bias = ()
+    elif family in ("qwen3", "olmo2"):  # attention_bias: q, k, v and o; the MLP has none
+        bias = attention if config.get("attention_bias") else ()
     else:
-        attention, mlp = PROJECTIONS[:4], PROJECTIONS[4:]  # q k v o | up gate down
         bias = (attention if config.get("attention_bias") else ()) + (mlp if config.get("mlp_bias") else ())
+    theta, scaling = rope_settings(config, path)
     return {
-        "arch": "llama",
+        "arch": family,
         "dims": {"hidden": hidden, "mlp": _require(config, "intermediate_size", path), "heads": heads,
-                 "kv_heads": config.get("num_key_value_heads") or heads, "key": head_dim, "value": head_dim,
+                 "kv_heads": kv_heads, "key": head_dim, "value": head_dim,
                  "layers": _require(config, "num_hidden_layers", path), "vocab": _require(config, "vocab_size", path),
                  "positions": _require(config, "max_position_embeddings", path)},
-        "norm": "rmsnorm", "norm_eps": float(config.get("rms_norm_eps", 1e-6)), "activation": "swiglu",
-        "position": "rope", "rope_theta": rope_theta(config, path), "final_norm": True,
-        "tie_embeddings": bool(config.get("tie_word_embeddings", False)), "bias": bias,
+        "norm": "rmsnorm", "norm_eps": float(_get(config, "rms_norm_eps", defaults["rms_norm_eps"])),
+        "activation": "swiglu", "position": "rope", "rope_theta": theta,
+        **({"rope_scaling": scaling} if scaling else {}),
+        "final_norm": True, "tie_embeddings": bool(config.get("tie_word_embeddings", False)), "bias": bias,
+        "qk_norm": {"qwen3": "head", "olmo2": "all"}.get(family, "none"),
+        "norm_position": "post" if family == "olmo2" else "pre",
     }
 
 
 def mismatches(model, config: dict, path: str) -> list[tuple[str, object, object]]:
     """``(field, the spec's value, the config's value)`` of every field of the spec's ``model`` that
-    disagrees with the config, in the order of `expected_model` (e.g. ``model.dims.mlp``)."""
+    disagrees with the config, in the order of `expected_model` (e.g. ``model.dims.mlp``); the rope
+    scalings as dicts (``{}``: none), compared by `effective_scaling`, numbers with `math.isclose`."""
     found = {"arch": model.arch, "dims": vars(model.dims), "norm": model.norm, "norm_eps": model.norm_eps,
              "activation": model.activation, "position": model.position, "rope_theta": model.rope_theta,
-             "final_norm": model.final_norm, "tie_embeddings": model.tie_embeddings, "bias": model.bias}
+             "rope_scaling": dict(model.rope_scaling), "final_norm": model.final_norm,
+             "tie_embeddings": model.tie_embeddings, "bias": model.bias, "qk_norm": model.qk_norm,
+             "norm_position": model.norm_position}
+    expected = expected_model(config, path)
+    if expected["position"] == "rope":
+        expected.setdefault("rope_scaling", {})
     out = []
-    for key, want in expected_model(config, path).items():
+    for key, want in expected.items():
+        if key == "rope_scaling":
+            have = found[key]
+            positions = model.dims.positions
+            if not _same(effective_scaling(have, positions), effective_scaling(want, positions)):
+                out.append(("model.rope_scaling", have, want))
+            continue
         for sub, value in want.items() if isinstance(want, dict) else [(None, want)]:
             have = found[key][sub] if sub else found[key]
-            same = math.isclose(have, value, rel_tol=1e-9) if isinstance(value, float) else have == value
-            if not same:
+            if not _same(have, value):
                 out.append((f"model.{key}.{sub}" if sub else f"model.{key}", have, value))
     return out
 
@@ -300,6 +455,8 @@ def _written_value(spec, name: str, have) -> str:
     written = spec.written(name)
     if not written.given:
         return f"{_spec_value(name, have)} (not written: the default)"
+    if isinstance(have, dict):  # an object: the spec's value as read
+        return _plain(have)
     if name == "model.bias" and isinstance(written.value, bool):
         return f"{_plain(written.value)} ({_bias_words(have)})"
     return _plain(written.value)
@@ -325,6 +482,11 @@ def _plain(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(map(_plain, value)) + "]"
+    if isinstance(value, dict):  # a rope scaling: its type first
+        if not value:
+            return "no rope scaling"
+        keys = sorted(value, key=lambda key: (key != "type", key))
+        return "{" + ", ".join(f"{key}: {_plain(value[key])}" for key in keys) + "}"
     return str(value)
 
 
@@ -433,7 +595,11 @@ def layer_origins(spec) -> list[int]:
 
 
 def grown_config(config: dict, after: ModelShape, origins: list[int]) -> dict:
-    """``config`` with the grown widths, depth and norm eps; inserted layers take their neighbour's layer type."""
+    """``config`` with the grown widths, depth and norm eps; inserted layers take their neighbour's
+    layer type. The rope parameters are written as transformers standardizes them (`rope_parameters`):
+    in ``rope_parameters`` (rope_type, rope_theta and the scaling's keys), in the legacy top-level
+    ``rope_theta``, and in the legacy ``rope_scaling`` (the scaling without rope_theta; null when
+    there is none), so that transformers rebuilds the same frequencies for the grown head_dim."""
     out = dict(config)
     layer = after.layers[0]
     if out["model_type"] == "gpt2":
@@ -443,15 +609,30 @@ def grown_config(config: dict, after: ModelShape, origins: list[int]) -> dict:
     out.update(hidden_size=after.hidden, intermediate_size=layer.mlp, num_attention_heads=layer.heads,
                num_key_value_heads=layer.kv_heads, head_dim=layer.key, num_hidden_layers=len(after.layers),
                rms_norm_eps=after.norm_eps)  # hidden growth rescales eps by h/h' (gain-and-eps)
-    if isinstance(config.get("layer_types"), list):
-        out["layer_types"] = [config["layer_types"][i] for i in origins]
-    params = dict(config.get("rope_parameters") or {"rope_type": "default"})
-    params.setdefault("rope_type", "default")
+    types = layer_types(config)
+    if types is not None:
+        out["layer_types"] = [types[i] for i in origins]
+    params = rope_parameters(config, "config.json")
     params["rope_theta"] = after.rope_theta
     out["rope_parameters"] = params
     out["rope_theta"] = after.rope_theta
-    out["rope_scaling"] = None
+    scaled = params["rope_type"] != "default"
+    out["rope_scaling"] = {key: value for key, value in params.items() if key != "rope_theta"} if scaled else None
     return out
+
+
+def layer_types(config: dict) -> list | None:
+    """Each layer's attention type: ``layer_types`` as given, or as Qwen2/Qwen3 configs derive them
+    (sliding from layer ``max_window_layers`` on, when ``use_sliding_window``); None for the others."""
+    types = config.get("layer_types")
+    if isinstance(types, list):
+        return types
+    if config.get("model_type") not in ("qwen2", "qwen3"):
+        return None
+    window = config.get("sliding_window", 4096) if config.get("use_sliding_window", False) else None
+    first = _get(config, "max_window_layers", 28)
+    return ["sliding_attention" if window is not None and i >= first else "full_attention"
+            for i in range(_get(config, "num_hidden_layers", 0))]
 
 
 def shortest_window(config: dict) -> int | None:
@@ -459,9 +640,9 @@ def shortest_window(config: dict) -> int | None:
     window = config.get("sliding_window")
     if not window:
         return None
-    if config.get("model_type") == "qwen2" and not config.get("use_sliding_window", False):
+    if config.get("model_type") in ("qwen2", "qwen3") and not config.get("use_sliding_window", False):
         return None
-    types = config.get("layer_types")
+    types = layer_types(config)
     if isinstance(types, list) and "sliding_attention" not in types:
         return None
     return int(window)

@@ -93,8 +93,10 @@ def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes:
     if shape.position == "learned":
         x = x + source.rows(("pos.weight", None), 0, tokens.shape[1]).to(device).float()
     for i, s in enumerate(shape.layers):
-        x = x + sublayer(lambda h: attention(h, i, s), x, norm_of("attn_norm", i), norm_of("attn_post_norm", i))
-        x = x + sublayer(lambda h: mlp(h, i), x, norm_of("mlp_norm", i), norm_of("mlp_post_norm", i))
+        attn = sublayer(lambda h: attention(h, i, s), x, norm_of("attn_norm", i), norm_of("attn_post_norm", i))
+        if not shape.parallel_residual:  # parallel: the MLP reads the layer's input too
+            x, attn = x + attn, 0.0
+        x = x + attn + sublayer(lambda h: mlp(h, i), x, norm_of("mlp_norm", i), norm_of("mlp_post_norm", i))
     if shape.final_norm:
         x = norm(x, "final_norm")
     head = ("embed.weight", None) if shape.tie_embeddings else ("unembed.weight", None)

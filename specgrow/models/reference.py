@@ -2,7 +2,8 @@
 
 Decoder: ``x = embed(t) [+ pos(t)]``; each layer ``x += attn(norm(x))``,
 ``x += mlp(norm(x))`` (``norm_position: pre``), ``x += norm(f(x))`` (``post``) or
-``x += norm(f(norm(x)))`` (``sandwich``); optional final norm; logits ``x @ unembed.T`` (or
+``x += norm(f(norm(x)))`` (``sandwich``), or ``x += attn(norm(x)) + mlp(norm'(x))``
+(``parallel_residual``); optional final norm; logits ``x @ unembed.T`` (or
 the embedding, tied). RMSNorm ``x * g / sqrt(mean(x^2) + eps)`` or LayerNorm; relu/gelu/silu
 MLP ``down(act(up(x)))`` or SwiGLU ``down(silu(gate(x)) * up(x))``; causal attention with
 GQA (query head ``j`` reads kv head ``j // (heads/kv_heads)``), scale ``1/sqrt(key)``,
@@ -155,9 +156,13 @@ class Layer(nn.Module):
         self.attn = Attention(shape, s)
         self.mlp_norm, self.mlp_post_norm = norm(pre), norm(post)
         self.mlp = MLP(h, s.mlp, shape.activation, shape.bias)
+        self.parallel = shape.parallel_residual
 
     def forward(self, x):
-        x = x + sublayer(self.attn, x, self.attn_norm, self.attn_post_norm)
+        attn = sublayer(self.attn, x, self.attn_norm, self.attn_post_norm)
+        if self.parallel:  # GPT-NeoX: both sublayers read the layer's input
+            return x + attn + sublayer(self.mlp, x, self.mlp_norm, self.mlp_post_norm)
+        x = x + attn
         return x + sublayer(self.mlp, x, self.mlp_norm, self.mlp_post_norm)
 
 

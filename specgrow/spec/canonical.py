@@ -45,7 +45,7 @@ MAX_LAYERS = 4096
 MODEL_FIELDS = ("arch", "dims", *(f"dims.{f.name}" for f in fields(Dims)), "norm", "norm_eps", "activation",
                 "position", "rope_theta", "final_norm", "tie_embeddings", "bias", "qk_norm", "norm_position",
                 "rope_scaling", "norm_offset", "embed_scale", "attn_softcap", "logit_softcap", "attn_scale",
-                "layer_types", "rope_local_theta", "rotary_dims")
+                "layer_types", "rope_local_theta", "rotary_dims", "parallel_residual")
 # the widths each step kind changes: a shape a HF config cannot express is blamed on the last step
 # that changed one of the widths involved
 CHANGES = {"mlp": ("mlp",), "heads": ("heads", "kv_heads"), "value": ("value",), "key": ("key",),
@@ -70,6 +70,7 @@ def build_spec(doc: Document, source: bytes) -> Spec:
     """
     data = doc.data
     model = _model(doc, data["model"])
+    _family_features(doc, data["model"], model)
     dims = model.dims
     layer = LayerShape(dims.mlp, dims.heads, dims.kv_heads, dims.key, dims.value)  # widths: the type plays no part
     grower = _Grower(doc, model, Shape(dims.hidden, (layer,) * dims.layers))
@@ -471,6 +472,7 @@ def _model(doc: Document, raw: dict) -> ModelSpec:
         layer_types=_layer_types(doc, raw, dims["layers"]),
         rope_local_theta=_optional_float(raw.get("rope_local_theta")),
         rotary_dims=_rotary_dims(doc, raw, position, key),
+        parallel_residual=raw.get("parallel_residual", False),
     )
 
 
@@ -491,6 +493,22 @@ def _layer_types(doc: Document, raw: dict, layers: int) -> tuple[str, ...]:
     if types and len(types) != layers:
         raise _fail(doc, ("model", "layer_types"), f"expected one type per layer ({layers}), found {len(types)}")
     return types
+
+
+def _family_features(doc: Document, raw: dict, model: ModelSpec) -> None:
+    """`SpecError` at the first model field whose value the family of ``model.arch`` never has."""
+    from specgrow.arch import FAMILIES
+
+    family = FAMILIES.get(model.arch)
+    for name, value in family.features if family is not None else ():
+        if getattr(model, name) != value:
+            shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+            found = getattr(model, name)
+            found = "null" if found is None else str(found).lower() if isinstance(found, bool) else found
+            where = ("model", name) if name in raw else ("model", "arch")
+            written = "" if name in raw else " (not written: the default)"
+            raise doc.error(where, f"model.{name}: arch {model.arch} has {name}: {shown} (every {model.arch} "
+                                   f"checkpoint does), found {found}{written}")
 
 
 def _optional_float(value):

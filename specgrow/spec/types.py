@@ -89,6 +89,7 @@ class ModelSpec:
     layer_types: tuple[str, ...] = ()  # per layer: full_attention | sliding_attention; () all full
     rope_local_theta: float | None = None  # RoPE base of sliding-attention layers
     rotary_dims: int | None = None  # partial rotary: the first rotary_dims columns of each head turn
+    parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm'(x))
 
 
 # ---------------------------------------------------------------- the steps

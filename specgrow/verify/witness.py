@@ -138,8 +138,10 @@ def logits(shape: ModelShape, state: State, tokens: np.ndarray) -> np.ndarray:
     if shape.position == "learned":
         x = x + state[("pos.weight", None)][:tokens.shape[1]]
     for i, s in enumerate(shape.layers):
-        x = x + _sublayer(shape, state, x, i, "attn", lambda h: _attention(shape, state, i, h))
-        x = x + _sublayer(shape, state, x, i, "mlp", lambda h: _mlp(shape, state, i, h))
+        attn = _sublayer(shape, state, x, i, "attn", lambda h: _attention(shape, state, i, h))
+        if not shape.parallel_residual:  # parallel: the MLP reads the layer's input too
+            x, attn = x + attn, 0.0
+        x = x + attn + _sublayer(shape, state, x, i, "mlp", lambda h: _mlp(shape, state, i, h))
     if shape.final_norm:
         x = _norm(shape, state, x, "final_norm", None)
     head = state[("embed.weight", None) if shape.tie_embeddings else ("unembed.weight", None)]
