@@ -58,11 +58,36 @@ def spec_for_folder(folder: str) -> str:
         # the features only some families have, written where they are not the default
         *[f"  {key}: {model[key]}" for key, default in (("qk_norm", "none"), ("norm_position", "pre"))
           if model.get(key, default) != default],
+        *_gemma_lines(model),
+        # Phi-3 and GPT-NeoX: partial rotary, parallel residual
+        *([f"  rotary_dims: {model['rotary_dims']}"] if model.get("rotary_dims") is not None else []),
+        *(["  parallel_residual: true"] if model.get("parallel_residual") else []),
         "seed: 0",
     ]
     text = "\n".join(lines) + "\n" + STEPS_HELP.format(mlp=2 * model["dims"]["mlp"])
     _check_model(text, str(Path(folder) / "config.json"))
     return text
+
+
+def _gemma_lines(model: dict) -> list[str]:
+    """The Gemma fields of ``model`` (`expected_model`) that are not the default, as spec lines: (1+w)
+    gains, the embedding normaliser, the softcaps, query_pre_attn_scalar, the layer types (unless every
+    layer attends fully; four a line) and Gemma 3's local RoPE base. None for the other families."""
+    lines = []
+    if model.get("norm_offset", 0):
+        lines.append(f"  norm_offset: {int(model['norm_offset'])}")
+    if model.get("embed_scale"):
+        lines.append("  embed_scale: true")
+    for key in ("attn_softcap", "logit_softcap", "attn_scale"):
+        if model.get(key) is not None:
+            lines.append(f"  {key}: {_float(model[key])}")
+    types = model.get("layer_types") or []
+    if any(kind != "full_attention" for kind in types):
+        rows = [", ".join(types[i:i + 4]) for i in range(0, len(types), 4)]
+        lines.append("  layer_types: [" + (",\n" + " " * 16).join(rows) + "]")
+    if model.get("rope_local_theta") is not None:
+        lines.append(f"  rope_local_theta: {_float(model['rope_local_theta'])}")
+    return lines
 
 
 def _check_model(text: str, config_path: str) -> None:

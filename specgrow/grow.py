@@ -1,7 +1,8 @@
 """Growing inside a training loop: `grow_module`, Adam state, and `GrowthSchedule`.
 
 `grow_module` runs the same edits as ``specgrow apply`` on a live ``nn.Module`` (specgrow's
-reference model, or a HuggingFace GPT-2 / LLaMA / Mistral / Qwen2 model) and returns a new
+reference model, or a HuggingFace model of a family of `specgrow.arch`: GPT-2, LLaMA, Mistral, Qwen2,
+Qwen3, OLMo 2, Gemma 2, Gemma 3 text, ...) and returns a new
 module, after the spec was proved and the grown logits were checked against the old ones.
 
 Given an Adam or AdamW optimizer it also returns a new optimizer of the same class and
@@ -72,7 +73,8 @@ def _kind_of(model, spec, before: ModelShape, first: bool) -> _Kind:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise InputError(f"grow_module: cannot grow a {type(model).__name__}; expected specgrow's ReferenceModel "
-                         "or a HuggingFace GPT-2/LLaMA/Mistral/Qwen2 causal LM", path="model")
+                         "or a HuggingFace causal LM of a family specgrow reads (GPT-2, LLaMA, Mistral, Qwen2, "
+                         "Qwen3, OLMo 2, Gemma 2, Gemma 3 text, ...)", path="model")
     from specgrow.arch.hf import cross_check, family_of
 
     data = config.to_dict()

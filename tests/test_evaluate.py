@@ -22,7 +22,7 @@ from specgrow.verify import algebra, ops, prover
 from specgrow.verify.algebra import Trace, apply_fn, collapse, elementwise_fn, sub
 from specgrow.verify.evaluate import (MAX_DIM, MIN_DIM, THETA, Agreement, ShapeError, agree, assignments,
                                       evaluate, first_bad_rule)
-from specgrow.verify.ops import Heads, LayerNorm, RMSNorm, Rope, Softmax
+from specgrow.verify.ops import HeadNorm, Heads, LayerNorm, RMSNorm, Rope, Softmax
 from specgrow.verify.result import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +109,44 @@ def test_norms_match_the_reference_model():
     x, gain, bias = (as_torch(array(m, env)) for m in (A, g, b))
     close(evaluate(RMSNorm(A, g, EPS), env), normalize(x, "rmsnorm", 0.3, gain[0]).numpy())
     close(evaluate(LayerNorm(A, g, b, EPS), env), normalize(x, "layernorm", 0.3, gain[0], bias[0]).numpy())
+
+
+def test_head_norm_is_the_reference_per_head_rmsnorm():
+    """HeadNorm(x, g, eps, k): each run of k columns (one head) normed alone, one gain for every head."""
+    x, g = MatrixSymbol("x", n, 3 * k), MatrixSymbol("g", 1, k)
+    env = values({EPS: 0.3})
+    xs, gain = as_torch(array(x, env)), as_torch(array(g, env))[0]
+    per_head = normalize(xs.view(4, 3, 6), "rmsnorm", 0.3, gain).reshape(4, 18)  # (n, heads, k) -> (n, heads*k)
+    close(evaluate(HeadNorm(x, g, EPS, k), env), per_head.numpy())
+    one = evaluate(HeadNorm(MatrixSymbol("x1", n, k), g, EPS, k), env)  # one head: a plain RMSNorm
+    close(one, evaluate(RMSNorm(MatrixSymbol("x1", n, k), g, EPS), env))
+    with pytest.raises(ShapeError, match="not whole heads"):
+        evaluate(HeadNorm(MatrixSymbol("x5", n, 5), g, EPS, k), env)
+
+
+@pytest.mark.parametrize("position", ["none", "rope"])
+@pytest.mark.parametrize("qk_norm", ["head", "all"])
+def test_qk_normed_heads_match_the_reference_attention(qk_norm, position):
+    """The prover's QK-norm forms (`specgrow.verify.sublayers.qk_norm_whole`: HeadNorm per head, an
+    RMSNorm of all heads' queries and of all kv heads' keys) inside Heads are the reference attention
+    with ``qk_norm: head`` resp. ``all`` (eps 0.3, so eps matters)."""
+    layer = LayerShape(mlp=8, heads=6, kv_heads=2, key=4, value=3)
+    model = ModelShape(hidden=8, vocab=4, positions=8, layers=(layer,), position=position, rope_theta=THETA,
+                       qk_norm=qk_norm, norm_eps=0.3)
+    q, kk, v = (MatrixSymbol(name, 5, cols) for name, cols in (("q", 24), ("k", 8), ("v", 6)))
+    widths = (4, 4) if qk_norm == "head" else (24, 8)
+    gq, gk = MatrixSymbol("gq", 1, widths[0]), MatrixSymbol("gk", 1, widths[1])
+    if qk_norm == "head":
+        qn, kn = HeadNorm(q, gq, EPS, 4), HeadNorm(kk, gk, EPS, 4)
+    else:
+        qn, kn = RMSNorm(q, gq, EPS), RMSNorm(kk, gk, EPS)
+    env = {EPS: 0.3}
+    out = evaluate(Heads(qn, kn, v, 4, 3, sp.Rational(1, 2), int(position == "rope")), env)
+    gains = [as_torch(array(gain, env))[0] for gain in (gq, gk)]
+    expected = attend(*(as_torch(array(m, env))[None] for m in (q, kk, v)), layer, model, *gains)[0]
+    close(out, expected.numpy())
+    plain = evaluate(Heads(q, kk, v, 4, 3, sp.Rational(1, 2), int(position == "rope")), env)
+    assert not np.allclose(out, plain)  # the norm is really applied
 
 
 def test_softmax_is_causal_and_row_wise():

@@ -100,6 +100,46 @@ def test_layernorm_constant_shift_is_unknown_not_refuted():
     assert certificate.verdict.value == "UNKNOWN" and certificate.counterexample is None
 
 
+def test_key_growth_under_the_all_heads_qk_norm_is_not_proved():
+    """The all-heads QK-norm (OLMo 2) couples the heads, so key growth is not proved head by head:
+    the function changes (the norm now averages over the new zero columns too) and the verdict is
+    UNKNOWN today (REFUTED would be more helpful), never PROVED."""
+    from specgrow.spec import load_spec_text
+
+    text = (GOLDEN / "qknorm-all-heads-zero.yaml").read_text().replace("heads: {add: 2}", "key: {to: 16}")
+    spec = load_spec_text(text)
+    before, after, _, _ = grow(spec, torch.float64)
+    assert changed64(before, after)
+    assert prove(spec).verdict.value in ("UNKNOWN", "REFUTED")
+
+
+ZERO_LAYER_UNDER_QK_NORM_EPS_0 = """\
+specgrow: 1
+model:
+  dims: {hidden: 16, mlp: 32, heads: 4, kv_heads: 2, key: 8, value: 6, layers: 2, vocab: 29, positions: 8}
+  norm: rmsnorm
+  norm_eps: 0.0
+  activation: swiglu
+  position: rope
+  qk_norm: QK_NORM
+steps:
+  - layers: {add: 1, at: 1, init: {rest: zeros}}
+"""
+
+
+@pytest.mark.parametrize("qk_norm", ["head", "all"])
+def test_a_zero_layer_under_a_qk_norm_with_eps_0_is_not_proved(qk_norm):
+    """A new layer with every tensor zero under a QK-norm with eps 0: its queries and keys are 0, their
+    QK-norm 0/0 (NaN), and NaN times the zero output projection is NaN: the grown logits are NaN
+    (`specgrow apply`'s numeric check fails too). The verdict must not be PROVED."""
+    from specgrow.spec import load_spec_text
+
+    spec = load_spec_text(ZERO_LAYER_UNDER_QK_NORM_EPS_0.replace("QK_NORM", qk_norm))
+    before, after, _, _ = grow(spec, torch.float64)
+    assert changed64(before, after) and not bool(torch.isfinite(after).all())
+    assert prove(spec).verdict.value != "PROVED"
+
+
 SILENT_RELU_UNIT = """\
 specgrow: 1
 model:

@@ -65,6 +65,10 @@ def init_cases():
         for role, init in itertools.product(roles, inits()):
             yield pytest.param([{kind: {**STEP[kind], "init": {role: init}}}], MODEL,
                                id=f"{kind}-{role}-{json.dumps(init, separators=(',', ':'))}")
+    # the roles that fill the feature tensors: new post-norm gain entries, a new layer's QK-norm and post norms
+    for (kind, role), init in itertools.product((("hidden", "gain"), ("layers", "rest")), inits()):
+        yield pytest.param([{kind: {**STEP[kind], "init": {role: init}}}], FEATURES["qk-all-post"],
+                           id=f"qk-all-post-{kind}-{role}-{json.dumps(init, separators=(',', ':'))}")
 
 
 def option_cases():
@@ -83,6 +87,51 @@ def option_cases():
     yield [{"heads": {"add": 2, "layers": [0, 2]}}], dict(position="rope")
     yield [{"layers": {"add": 2, "at": 0, "init": {"rest": {"like_old": 0.0}}}}], MODEL
     yield [{"value": {"to": 9, "layers": [2]}}, {"key": {"to": 10}}], MODEL
+    yield from feature_cases()
+
+
+# The tensors the model features add: per-head QK-norm gains (key width), all-heads QK-norm gains
+# (heads x key), post-sublayer norms (residual); each with every step that grows it.
+FEATURES = {
+    "qk-head-sandwich": dict(qk_norm="head", norm_position="sandwich", position="rope", activation="swiglu"),
+    "qk-all-post": dict(qk_norm="all", norm_position="post", position="rope", bias=True),
+    "post-layernorm": dict(norm_position="post", norm="layernorm", bias=True),
+}
+
+
+def feature_cases():
+    for name, model in FEATURES.items():
+        yield pytest.param([{"key": {"to": 16, "placement": "interleave"}}], model, id=f"{name}-key-interleave")
+        yield pytest.param([{"key": {"to": 12, "rescale": "q", "placement": "append", "layers": [1]}}], model,
+                           id=f"{name}-key-append")
+        yield pytest.param([{"heads": {"add": 2}}], model, id=f"{name}-heads")
+        yield pytest.param([{"heads": {"add": 4, "method": "duplicate", "noise": 0.1, "layers": [0, 2]}}], model,
+                           id=f"{name}-heads-duplicate")
+        yield pytest.param([{"hidden": {"to": 32, "method": "duplicate", "noise": 0.1}}], model,
+                           id=f"{name}-hidden-duplicate")
+        for rescale in ("gain-and-eps", "gain", "none"):
+            if model.get("norm") != "layernorm":
+                yield pytest.param([{"hidden": {"to": 20, "rescale": rescale}}], model, id=f"{name}-hidden-{rescale}")
+        yield pytest.param([{"layers": {"add": 1, "at": 1}}], model, id=f"{name}-layers")
+        yield pytest.param([{"key": {"to": 16}}, {"heads": {"add": 2}}, {"layers": {"add": 1, "at": 0}}], model,
+                           id=f"{name}-key-heads-layers")
+
+
+def test_the_feature_cases_edit_every_feature_tensor():
+    """The feature cases above really grow each QK-norm gain and each post-norm gain and bias."""
+    from specgrow.shape import POST_NORMS, QK_NORM_GAINS
+
+    edited = set()
+    for case in feature_cases():
+        steps, model = case.values
+        for step in compile_spec(make_spec(steps, **model)).steps:
+            edited |= {(step.kind, e.role) for e in step.edits if not e.is_identity()}
+    wanted = {(kind, role) for kind in ("key", "heads", "layers") for role in QK_NORM_GAINS["head"]}
+    wanted |= {(kind, role) for kind in ("key", "heads", "layers") for role in QK_NORM_GAINS["all"]}
+    wanted |= {(kind, f"{norm}.{part}") for kind in ("hidden", "layers") for norm in POST_NORMS
+               for part in ("weight", "bias")}
+    wanted -= {("heads", role) for role in QK_NORM_GAINS["head"]}  # one gain for every head: heads keep it
+    assert wanted <= edited, sorted(wanted - edited)
 
 
 def old_state(spec, step_index):

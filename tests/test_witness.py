@@ -61,6 +61,46 @@ def test_logits_equal_the_reference_model_in_float64(activation, position):
         assert float(np.abs(found - expected).max()) <= bound, (norm, eps, tied, final, bias)
 
 
+SCALINGS = {  # one rope scaling of each type (`ModelShape.rope_scaling` holds it as sorted (key, value) pairs)
+    "linear": {"type": "linear", "factor": 4.0},
+    "llama3": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 4},
+    "yarn": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+    "dynamic": {"type": "dynamic", "factor": 2.0},
+}
+FEATURES = {
+    **{f"qk_norm-{kind}": dict(qk_norm=kind, position="rope") for kind in ("head", "all")},
+    **{f"norm_position-{where}": dict(norm_position=where) for where in ("post", "sandwich")},
+    "sandwich-qk_norm-all-llama3": dict(norm_position="sandwich", qk_norm="all", position="rope",
+                                        rope_scaling=tuple(sorted(SCALINGS["llama3"].items()))),
+    **{f"rope_scaling-{name}": dict(position="rope", rope_scaling=tuple(sorted(params.items())))
+       for name, params in SCALINGS.items()},
+}
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+def test_logits_with_each_model_feature_equal_the_reference_model(feature):
+    """The features `qk_norm`, `norm_position` and `rope_scaling` in the numpy forward and the torch
+    reference model, float64, to 1e-12 * max(1, max|logit|) as above. 10 tokens over 6 positions,
+    so dynamic NTK scaling is active (beyond the positions) and yarn's and llama3's bands are met."""
+    every_bias = ("q", "k", "v", "o", "up", "gate", "down")
+    for norm, eps, bias, activation in (("rmsnorm", 1e-2, (), "swiglu"), ("layernorm", 1e-2, every_bias, "gelu"),
+                                        ("rmsnorm", 1e-6, every_bias, "silu")):
+        shape = ModelShape(hidden=12, vocab=9, positions=6, layers=LAYERS, norm=norm, norm_eps=eps,
+                           activation=activation, bias=bias, **FEATURES[feature])
+        named = torch_random_state(shape, seed=3, dtype=torch.float64)
+        tokens = np.random.default_rng(4).integers(0, shape.vocab, (2, 10 if shape.position == "rope" else 6))
+        with torch.no_grad():
+            expected = build(shape, named)(torch.from_numpy(tokens)).numpy()
+        found = W.logits(shape, numpy_state(shape, named), tokens)
+        assert found.shape == expected.shape
+        bound = 1e-12 * max(1.0, float(np.abs(expected).max()))
+        assert float(np.abs(found - expected).max()) <= bound, (feature, norm, eps, bias)
+        if shape.rope_scaling:  # the scaling changes the logits here (or the check above says little)
+            plain = W.logits(dataclasses.replace(shape, rope_scaling=()), numpy_state(shape, named), tokens)
+            assert float(np.abs(found - plain).max()) > 1e-6, feature
+
+
 def test_random_state_draws_what_it_says():
     shape = ModelShape(hidden=12, vocab=9, positions=6, layers=LAYERS, norm="layernorm", bias=("up",))
     state = W.random_state(shape, 0, gain=4.0, bias=10.0)
@@ -88,7 +128,10 @@ STEPS = {  # expansions whose blocks, but for like_old draws, are Old or Const
     "hidden-duplicate": {"hidden": {"to": 32, "method": "duplicate"}},
 }
 MODELS = {"rmsnorm": {}, "layernorm-rope-swiglu": {"norm": "layernorm", "position": "rope", "activation": "swiglu",
-                                                   "bias": True}}
+                                                   "bias": True},
+          # the feature tensors: QK-norm gains (grown by key, heads, layers), post norms (hidden, layers)
+          "qk-head-sandwich": {"qk_norm": "head", "norm_position": "sandwich", "position": "rope"},
+          "qk-all-post-layernorm": {"qk_norm": "all", "norm_position": "post", "norm": "layernorm", "bias": True}}
 
 
 def executor_and_numpy(spec):
@@ -222,6 +265,36 @@ PRESERVING = {  # every expansion with its default init, and duplicates with noi
 @pytest.mark.parametrize("name", PRESERVING)
 def test_a_preserving_step_has_no_witness(name):
     assert witness([PRESERVING[name]]) is None
+
+
+LLAMA3 = dict(SCALINGS["llama3"], original_max_position_embeddings=8)
+FEATURE_WITNESSES = {  # (steps, model, whether the function changes)
+    "qk-head-hidden-zero-pad-eps": ([{"hidden": {"to": 24}}], dict(qk_norm="head", position="rope", norm_eps=1e-6),
+                                    True),
+    "qk-head-hidden-duplicate": ([{"hidden": {"to": 32, "method": "duplicate"}}], dict(qk_norm="head"), False),
+    "qk-all-heads-zero": ([{"heads": {"add": 2}}], dict(qk_norm="all", norm_position="post"), True),
+    "qk-all-heads-duplicate": ([{"heads": {"add": 4, "method": "duplicate"}}], dict(qk_norm="all"), False),
+    "post-hidden-zero-pad": ([{"hidden": {"to": 24}}], dict(norm_position="post"), False),
+    "sandwich-hidden-rescale-gain": ([{"hidden": {"to": 24, "rescale": "gain"}}],
+                                     dict(norm_position="sandwich", norm_eps=1e-6), True),
+    "post-layers": ([{"layers": {"add": 1, "at": 1}}], dict(norm_position="post"), False),
+    "post-layers-eps0": ([{"layers": {"add": 1, "at": 1}}], dict(norm_position="post", norm_eps=0.0), True),
+    "llama3-key-interleave": ([{"key": {"to": 16, "placement": "interleave"}}],
+                              dict(position="rope", rope_scaling=LLAMA3), False),
+    "llama3-key-append": ([{"key": {"to": 16, "placement": "append"}}], dict(position="rope", rope_scaling=LLAMA3),
+                          True),
+}
+
+
+@pytest.mark.parametrize("name", FEATURE_WITNESSES)
+def test_witnesses_under_the_model_features(name):
+    """The search sees what the features change (a shared eps moved by 1e-6 relative, a post norm of
+    0/0) and nothing where the golden specs say the function is kept."""
+    steps, model, changes = FEATURE_WITNESSES[name]
+    found = witness(steps, **model)
+    assert (found is not None) == changes, found
+    if found is not None:
+        assert found.max_abs_diff > found.relative_bound * max(1.0, *map(abs, found.reference))
 
 
 def test_the_search_scales_gains_and_biases_when_the_plain_model_shows_nothing(monkeypatch):

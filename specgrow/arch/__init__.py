@@ -31,6 +31,14 @@ class Stored:
     roles: tuple[str, ...]
     transposed: bool = False
     prefixed: bool = True  # False for names outside the model prefix (lm_head)
+    # the roles interleave head by head: the rows are cut into one block per head of the layer, each
+    # block holding that head's rows of every role in turn (GPT-NeoX's query_key_value: [q_0 | k_0 | v_0 |
+    # q_1 | ...]); `stored_segments` gives the order
+    per_head: bool = False
+    # the name ``save_pretrained`` writes where transformers renames the module's tensor on load and back on
+    # save (GPT-NeoX's ``embed_out.weight`` for ``lm_head.weight``); read under either name, written under this
+    # one in safetensors files (a live module's state_dict and DCP checkpoints use the template's)
+    saved: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,24 @@ class Family:
     def is_ignored(self, name: str) -> bool:
         return re.search(self.ignored, name) is not None
 
+    def saved_name(self, stored: Stored, layer: int | None, prefix: str) -> str:
+        """The name ``save_pretrained`` writes the stored tensor under (`Stored.saved`, else `name_of`)."""
+        if stored.saved is None:
+            return self.name_of(stored, layer, prefix)
+        return self.name_of(dataclasses.replace(stored, template=stored.saved), layer, prefix)
+
+    def module_name(self, name: str, prefix: str) -> str:
+        """A stored tensor's ``name`` as the module calls it: a `Stored.saved` name (global tensors only)
+        becomes its template's, any other name is kept.
+
+        >>> GPT_NEOX.module_name("embed_out.weight", "gpt_neox."), GPT_NEOX.module_name("x", "")
+        ('lm_head.weight', 'x')
+        """
+        for stored in self.globals:
+            if stored.saved is not None and name == self.saved_name(stored, None, prefix):
+                return self.name_of(stored, None, prefix)
+        return name
+
     def stored_of(self, role: str, layer: int | None) -> Stored:
         """The stored tensor that holds ``role``."""
         for stored in self.globals if layer is None else self.layer:
@@ -81,7 +107,7 @@ class Family:
             stored = self.stored_of(role, layer)
         except KeyError:
             return ("" if layer is None else f"layers.{layer}.") + f"{role} (no {self.name} tensor holds it)"
-        name = self.name_of(stored, layer, self.prefixes[0])
+        name = self.saved_name(stored, layer, self.prefixes[0])
         part = f"[{role.split('.')[1]}]" if len(stored.roles) > 1 else ""
         return name + part + (".T" if stored.transposed else "")
 
@@ -99,6 +125,29 @@ def stored_shape(stored: Stored, shape: ModelShape, layer: int | None) -> tuple[
     parts = [shape.role_shape(role, layer) for role in stored.roles]
     out = (sum(p[0] for p in parts),) + parts[0][1:]
     return out[::-1] if stored.transposed else out
+
+
+def stored_segments(stored: Stored, rows: list[int], heads: int | None = None) -> list[tuple[str, int, int]]:
+    """The stored tensor's rows (axis 0 of its ``[out, in]`` layout) as ``(role, start, stop)`` rows of its
+    roles, in stored order: each role whole in turn, or (`Stored.per_head`) head by head. ``rows``: each
+    role's rows; ``heads``: the layer's heads (per_head only; every role's rows split into as many blocks).
+
+    >>> stored_segments(GPT_NEOX.layer[2], [4, 4, 4], heads=2)
+    [('attn.q.weight', 0, 2), ('attn.k.weight', 0, 2), ('attn.v.weight', 0, 2), ('attn.q.weight', 2, 4), \
+('attn.k.weight', 2, 4), ('attn.v.weight', 2, 4)]
+    """
+    if not stored.per_head:
+        return [(role, 0, n) for role, n in zip(stored.roles, rows)]
+    if not heads or any(n % heads for n in rows):
+        raise ValueError(f"{stored.template} interleaves {stored.roles} head by head, but their rows {rows} "
+                         f"are not {heads} equal blocks")
+    return [(role, j * n // heads, (j + 1) * n // heads) for j in range(heads) for role, n in zip(stored.roles, rows)]
+
+
+def segments_of(stored: Stored, shape: ModelShape, layer: int | None) -> list[tuple[str, int, int]]:
+    """`stored_segments` of a stored tensor of ``shape`` (its roles' rows and the layer's heads)."""
+    rows = [shape.role_shape(role, layer)[0] for role in stored.roles]
+    return stored_segments(stored, rows, shape.layers[layer].heads if stored.per_head else None)
 
 
 def _has(shape: ModelShape, stored: Stored) -> bool:
@@ -197,6 +246,80 @@ OLMO2 = Family(  # no pre-norms: each sublayer's output is normed (post_attentio
     ignored=LLAMA.ignored,
 )
 
+# Gemma 2 and Gemma 3 (text): sandwich norms (input_layernorm, post_attention_layernorm around attention,
+# pre_ and post_feedforward_layernorm around the MLP), (1 + w) RMSNorm gains, no MLP biases; Gemma 3 adds a
+# per-head QK-norm. The embedding normaliser (embed_scale) and the rotary frequencies are non-persistent
+# buffers, recomputed on load.
+_GEMMA_LAYER = (
+    _one("layers.{}.input_layernorm.weight", "attn_norm.weight"),
+    *(_one(f"layers.{{}}.self_attn.{p}_proj.{kind}", f"attn.{p}.{kind}")
+      for p in ("q", "k", "v", "o") for kind in ("weight", "bias")),
+    _one("layers.{}.self_attn.q_norm.weight", "attn.q_norm.weight"),  # Gemma 3 only (qk_norm: head)
+    _one("layers.{}.self_attn.k_norm.weight", "attn.k_norm.weight"),
+    _one("layers.{}.post_attention_layernorm.weight", "attn_post_norm.weight"),
+    _one("layers.{}.pre_feedforward_layernorm.weight", "mlp_norm.weight"),
+    *(_one(f"layers.{{}}.mlp.{p}_proj.{kind}", f"mlp.{p}.{kind}")  # no MLP biases in HF: never present
+      for p in ("gate", "up", "down") for kind in ("weight", "bias")),
+    _one("layers.{}.post_feedforward_layernorm.weight", "mlp_post_norm.weight"),
+)
+GEMMA2 = Family(
+    name="gemma2",
+    model_types=("gemma2",),
+    globals=LLAMA.globals,
+    layer=_GEMMA_LAYER,
+    prefixes=LLAMA.prefixes,
+    ignored=r"rotary_emb\.\w*inv_freq$|embed_tokens\.embed_scale$",
+)
+GEMMA3 = dataclasses.replace(GEMMA2, name="gemma3", model_types=("gemma3_text",))
+
+PHI3 = Family(  # LLaMA names, fused: qkv_proj = q | k | v (GQA), gate_up_proj = gate | up (`.chunk(2)`); no biases
+    name="phi3",
+    model_types=("phi3",),
+    globals=LLAMA.globals,
+    layer=(
+        _one("layers.{}.input_layernorm.weight", "attn_norm.weight"),
+        Stored("layers.{}.self_attn.qkv_proj.weight", ("attn.q.weight", "attn.k.weight", "attn.v.weight")),
+        _one("layers.{}.self_attn.o_proj.weight", "attn.o.weight"),
+        _one("layers.{}.post_attention_layernorm.weight", "mlp_norm.weight"),
+        Stored("layers.{}.mlp.gate_up_proj.weight", ("mlp.gate.weight", "mlp.up.weight")),
+        _one("layers.{}.mlp.down_proj.weight", "mlp.down.weight"),
+    ),
+    prefixes=LLAMA.prefixes,
+    ignored=LLAMA.ignored,
+)
+
+GPT_NEOX = Family(  # GPT-NeoX / Pythia: LayerNorms with biases, query_key_value interleaved head by head
+    # ([q_j | k_j | v_j] for head j, as `.view(..., heads, 3 * head_size)` then `.chunk(3)` reads it), biased
+    # dense layers, an untied head saved as embed_out (transformers 5 renames it lm_head on load)
+    name="gpt_neox",
+    model_types=("gpt_neox",),
+    globals=(
+        _one("embed_in.weight", "embed.weight"),
+        _one("final_layer_norm.weight", "final_norm.weight"),
+        _one("final_layer_norm.bias", "final_norm.bias"),
+        _one("lm_head.weight", "unembed.weight", prefixed=False, saved="embed_out.weight"),
+    ),
+    layer=(
+        _one("layers.{}.input_layernorm.weight", "attn_norm.weight"),
+        _one("layers.{}.input_layernorm.bias", "attn_norm.bias"),
+        Stored("layers.{}.attention.query_key_value.weight", ("attn.q.weight", "attn.k.weight", "attn.v.weight"),
+               per_head=True),
+        Stored("layers.{}.attention.query_key_value.bias", ("attn.q.bias", "attn.k.bias", "attn.v.bias"),
+               per_head=True),
+        _one("layers.{}.attention.dense.weight", "attn.o.weight"),
+        _one("layers.{}.attention.dense.bias", "attn.o.bias"),
+        _one("layers.{}.post_attention_layernorm.weight", "mlp_norm.weight"),
+        _one("layers.{}.post_attention_layernorm.bias", "mlp_norm.bias"),
+        _one("layers.{}.mlp.dense_h_to_4h.weight", "mlp.up.weight"),
+        _one("layers.{}.mlp.dense_h_to_4h.bias", "mlp.up.bias"),
+        _one("layers.{}.mlp.dense_4h_to_h.weight", "mlp.down.weight"),
+        _one("layers.{}.mlp.dense_4h_to_h.bias", "mlp.down.bias"),
+    ),
+    prefixes=("gpt_neox.", ""),
+    # the rotary buffers and the causal-mask buffers (attention.bias, attention.masked_bias) of older checkpoints
+    ignored=r"rotary_emb\.inv_freq$|(^|\.)attention\.(masked_)?bias$",
+)
+
 REFERENCE = Family(  # specgrow's own names: `specgrow.shape.tensor_name`
     name="reference",
     model_types=(),
@@ -218,5 +341,20 @@ GPT2 = dataclasses.replace(GPT2, features=_features(rope_scaling=()))
 LLAMA = dataclasses.replace(LLAMA, features=_features())
 QWEN3 = dataclasses.replace(QWEN3, features=_features(qk_norm="head"))
 OLMO2 = dataclasses.replace(OLMO2, features=_features(qk_norm="all", norm_position="post"))
+# Gemma: the softcaps and query_pre_attn_scalar are the checkpoint's (not fixed); Gemma 3's attention never
+# applies attn_logit_softcapping (transformers 5.24 does not pass it on), so its attn_softcap is null
+_GEMMA = dict(norm_offset=1.0, embed_scale=True, norm_position="sandwich")
+GEMMA2 = dataclasses.replace(GEMMA2, features=tuple(
+    item for item in _features(**_GEMMA) if item[0] not in ("attn_softcap", "logit_softcap", "attn_scale")))
+GEMMA3 = dataclasses.replace(GEMMA3, features=tuple(
+    item for item in _features(qk_norm="head", **_GEMMA) if item[0] not in ("logit_softcap", "attn_scale",
+                                                                             "rope_local_theta")))
 
 FAMILIES = {"reference": REFERENCE, "gpt2": GPT2, "llama": LLAMA, "qwen3": QWEN3, "olmo2": OLMO2}
+FAMILIES.update(gemma2=GEMMA2, gemma3=GEMMA3)
+# Phi-3 and GPT-NeoX: the rotary width (partial_rotary_factor, rotary_pct) and GPT-NeoX's use_parallel_residual
+# are the checkpoint's (not fixed); GPT-NeoX's norms are LayerNorms
+PHI3 = dataclasses.replace(PHI3, features=tuple(item for item in _features() if item[0] != "rotary_dims"))
+GPT_NEOX = dataclasses.replace(GPT_NEOX, features=tuple(
+    item for item in _features(norm="layernorm") if item[0] not in ("rotary_dims", "parallel_residual")))
+FAMILIES.update(phi3=PHI3, gpt_neox=GPT_NEOX)

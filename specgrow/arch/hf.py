@@ -54,6 +54,42 @@ KEYS = {"gpt2": GPT2_KEYS, "llama": LLAMA_KEYS, "qwen3": QWEN3_KEYS, "olmo2": OL
 # whatever hidden and heads are; Olmo2Config's rms_norm_eps is 1e-5.
 DEFAULTS = {"llama": {"rms_norm_eps": 1e-6}, "qwen3": {"rms_norm_eps": 1e-6, "head_dim": 128, "num_key_value_heads": 32},
             "olmo2": {"rms_norm_eps": 1e-5}}
+# Gemma 2 and Gemma 3 text (Gemma2Config, Gemma3TextConfig): the MLP reads hidden_activation (hidden_act, in
+# older configs, is not read), the scores are scaled by query_pre_attn_scalar^-1/2, the softcaps are null for
+# none; Gemma 3 keeps its rope parameters per layer type, built from the legacy rope_theta (full layers),
+# rope_local_base_freq (sliding layers), rope_scaling (full layers) and sliding_window_pattern when absent.
+GEMMA2_KEYS = {**{key: kind for key, kind in LLAMA_KEYS.items()
+                  if key not in ("hidden_act", "mlp_bias", "use_sliding_window", "max_window_layers")},
+               "hidden_activation": "string", "hidden_act": "string", "query_pre_attn_scalar": "theta",
+               "attn_logit_softcapping": "theta", "final_logit_softcapping": "theta",
+               "use_bidirectional_attention": "boolean"}
+GEMMA3_KEYS = {**GEMMA2_KEYS, "rope_local_base_freq": "theta", "sliding_window_pattern": "context"}
+KEYS.update(gemma2=GEMMA2_KEYS, gemma3=GEMMA3_KEYS)
+# transformers' defaults for keys that are absent (a null softcap or sliding_window is kept: none)
+GEMMA_DEFAULTS = {
+    "gemma2": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "rope_theta": 10000.0,
+               "sliding_window_pattern": 2},
+    "gemma3": {"attn_logit_softcapping": None, "final_logit_softcapping": None, "rope_theta": 1_000_000.0,
+               "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6},
+}
+GEMMA_COMMON_DEFAULTS = {"rms_norm_eps": 1e-6, "head_dim": 256, "num_key_value_heads": 4, "query_pre_attn_scalar": 256,
+                         "sliding_window": 4096, "tie_word_embeddings": True}
+GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_python_tanh", "gelu_new")  # the tanh gelu, as transformers names it
+GEMMA_LAYER_TYPES = ("full_attention", "sliding_attention")
+# Phi-3 (Phi3Config) and GPT-NeoX (GPTNeoXConfig): partial rotary (Phi-3's partial_rotary_factor, default 1;
+# GPT-NeoX's rotary_pct, default 0.25; either inside rope_parameters first), GPT-NeoX's head_size = hidden // heads,
+# rotary_emb_base (its top-level rope_theta is not read), LayerNorm eps, use_parallel_residual, attention_bias
+PHI3_KEYS = {key: kind for key, kind in LLAMA_KEYS.items()
+             if key not in ("attention_bias", "mlp_bias", "use_sliding_window", "max_window_layers", "layer_types")}
+NEOX_KEYS = {"hidden_size": "hidden", "num_attention_heads": "heads", "intermediate_size": "mlp", "head_dim": "key",
+             "num_hidden_layers": "layers", "vocab_size": "vocab", "max_position_embeddings": "positions",
+             "layer_norm_eps": "eps", "hidden_act": "string", "rotary_pct": "number", "rotary_emb_base": "theta",
+             "rope_parameters": "object", "rope_scaling": "object", "use_parallel_residual": "boolean",
+             "attention_bias": "boolean", "tie_word_embeddings": "boolean"}
+KEYS.update(phi3=PHI3_KEYS, gpt_neox=NEOX_KEYS)
+DEFAULTS.update(phi3={"rms_norm_eps": 1e-5}, gpt_neox={"layer_norm_eps": 1e-5, "hidden_act": "gelu", "rotary_pct": 0.25,
+                                                       "use_parallel_residual": True, "attention_bias": True})
+PARTIAL_ROTARY = {"phi3": ("partial_rotary_factor", 1.0), "gpt_neox": ("rotary_pct", 0.25)}  # top-level key, default
 ROPE_KEYS = {"rope_type": "string", "type": "string", "rope_theta": "theta"}  # in rope_parameters, rope_scaling
 ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
 # The keys each rope type reads besides rope_type and rope_theta (transformers' modeling_rope_utils), by
@@ -89,11 +125,14 @@ def family_of(config: dict, path: str) -> str:
     for family in FAMILIES.values():
         if isinstance(model_type, str) and model_type in family.model_types:
             return family.name
+    if model_type == "gemma3":  # Gemma3ForConditionalGeneration: a vision tower around a gemma3_text model
+        raise CheckpointError("config.json: model_type gemma3 is the multimodal Gemma 3, which is not supported: "
+                              "use its text model (model_type gemma3_text, Gemma3ForCausalLM)", path=path)
     raise CheckpointError(f"config.json: model_type {_found(model_type)} is not supported "
                           f"(expected {MODEL_TYPES})", path=path)
 
 
-MODEL_TYPES = "gpt2, llama, mistral, qwen2, qwen3 or olmo2"
+MODEL_TYPES = "gpt2, llama, mistral, qwen2, qwen3, olmo2, phi3 or gpt_neox"
 
 
 def read_config(directory: Path) -> dict:
@@ -157,6 +196,24 @@ def validate_config(config: dict, path: str) -> None:
     if not gpt2 and types is not None and layers is not None and len(types) != layers:
         raise CheckpointError(f"config.json: layer_types: expected one type per layer ({layers}), "
                               f"found {len(types)}", path=path)
+    if family in ("gemma2", "gemma3"):
+        _validate_gemma(config, path)
+
+
+def _validate_gemma(config: dict, path: str) -> None:
+    """The Gemma keys `validate_config`'s table cannot say: each layer type is known, and Gemma 3's
+    per-layer-type rope parameters are objects (or null) whose keys have the right kinds."""
+    for i, kind in enumerate(config.get("layer_types") or ()):
+        if kind not in GEMMA_LAYER_TYPES:
+            raise CheckpointError(f"config.json: layer_types[{i}]: expected full_attention or sliding_attention, "
+                                  f"found {_found(kind)}", path=path)
+    if config["model_type"] != "gemma3_text":
+        return
+    for layer_type in GEMMA_LAYER_TYPES:
+        params = (config.get("rope_parameters") or {}).get(layer_type)
+        _check_value(f"rope_parameters.{layer_type}", params, "object", path)
+        for key, kind in ROPE_KEYS.items():
+            _check_value(f"rope_parameters.{layer_type}.{key}", (params or {}).get(key), kind, path)
 
 
 def _check_value(key: str, value, kind: str, path: str) -> None:
@@ -220,6 +277,8 @@ def rope_parameters(config: dict, path: str) -> dict:
     mscale_all_dim unless both are set and attention_factor is not, truncate when true).
     `CheckpointError` for a rope type other than default, linear, llama3, yarn or dynamic, per-layer
     rope parameters, a partial rotary factor, or a missing or ill-typed parameter, naming the key.
+    Phi-3 and GPT-NeoX: the partial rotary factor is theirs (`rotary_factor`), phi3 takes the default
+    rope type only, and GPT-NeoX's base is ``rotary_emb_base`` where the object has no rope_theta.
 
     >>> rope_parameters({"rope_scaling": {"type": "linear", "factor": 2}, "rope_theta": 5e5}, "config.json")
     {'rope_type': 'linear', 'rope_theta': 500000.0, 'factor': 2.0}
@@ -230,13 +289,19 @@ def rope_parameters(config: dict, path: str) -> dict:
                               "one object with rope_type and its parameters)", path=path)
     type_key = "rope_type" if "rope_type" in source else "type"
     kind = source.get(type_key, "default")
+    model_type = config.get("model_type")
+    if model_type == "phi3" and kind != "default":  # Phi3Config: su and yarn are read as longrope
+        raise CheckpointError(f"config.json: {outer}.{type_key}: rope type {_found(kind)} is not supported for phi3 "
+                              "(expected default; Phi-3's su, yarn and longrope are all LongRoPE, whose factor lists "
+                              "are sized by the rotary width)", path=path)
     if kind not in ROPE_TYPES:
         raise CheckpointError(f"config.json: {outer}.{type_key}: rope type {_found(kind)} is not supported "
                               "(expected default, linear, llama3, yarn or dynamic)", path=path)
     partial = _get(source, "partial_rotary_factor", config.get("partial_rotary_factor"))
-    if partial is not None and partial != 1.0:
+    if partial is not None and partial != 1.0 and model_type not in PARTIAL_ROTARY:  # phi3, gpt_neox: rotary_dims
         raise CheckpointError("config.json: partial_rotary_factor other than 1 is not supported", path=path)
-    theta = _get(source, "rope_theta", _get(config, "rope_theta", 10000.0))
+    top = "rotary_emb_base" if model_type == "gpt_neox" else "rope_theta"  # GPTNeoXConfig reads no rope_theta
+    theta = _get(source, "rope_theta", _get(config, top, 10000.0))
     out = {"rope_type": kind, "rope_theta": float(theta)}
     if kind == "default":
         return out
@@ -282,6 +347,58 @@ def rope_settings(config: dict, path: str) -> tuple[float, dict]:
 
 def rope_theta(config: dict, path: str) -> float:
     return rope_settings(config, path)[0]
+
+
+def rotary_factor(config: dict, path: str) -> tuple[float, str]:
+    """``(factor, the key it came from)``: the share of each head's dims that turn, as Phi3Config and
+    GPTNeoXConfig read it: ``partial_rotary_factor`` of the rope object (`_rope_source`), else the top-level
+    ``partial_rotary_factor`` (phi3) or ``rotary_pct`` (gpt_neox), else 1 (phi3) or 0.25 (gpt_neox).
+    `CheckpointError` unless it is a number in (0, 1]."""
+    outer, source = _rope_source(config)
+    top, default = PARTIAL_ROTARY[config["model_type"]]
+    key, factor = (f"{outer}.partial_rotary_factor", source["partial_rotary_factor"]) \
+        if source.get("partial_rotary_factor") is not None else (top, _get(config, top, default))
+    if not (_is_number(factor) and 0 < factor <= 1):
+        raise CheckpointError(f"config.json: {key}: expected a number in (0, 1], found {_found(factor)}", path=path)
+    return factor, key
+
+
+def rotary_dims(config: dict, path: str, head_dim: int) -> int | None:
+    """The spec's ``rotary_dims`` of a phi3 or gpt_neox config: ``int(head_dim * factor)`` as transformers
+    computes it (`rotary_factor`), None when every dim turns. `CheckpointError` for an odd width or none
+    (transformers then turns a width of other frequencies, or nothing)."""
+    factor, key = rotary_factor(config, path)
+    dims = int(head_dim * factor)
+    if dims % 2 or dims < 2:
+        raise CheckpointError(f"config.json: {key}: {factor} turns int({head_dim} x {factor}) = {dims} dims of each "
+                              "head; specgrow supports an even number of rotary dims, at least 2", path=path)
+    return None if dims == head_dim else dims
+
+
+def rotary_field(config: dict, path: str, head_dim: int) -> dict:
+    """``{"rotary_dims": n}`` for `expected_model` when only some dims turn; ``{}`` when all do (the
+    spec's default: it has no null for it)."""
+    dims = rotary_dims(config, path, head_dim)
+    return {} if dims is None else {"rotary_dims": dims}
+
+
+def grown_rotary_factor(rotary: int | None, head_dim: int, old: float) -> float:
+    """The factor that turns ``rotary`` of ``head_dim`` dims (None: all) in transformers' ``int(head_dim *
+    factor)``: the ``old`` one when it still does, else ``rotary / head_dim`` nudged up to the next float
+    while the product rounds below (``int(98 * (64 / 98)) == 63``).
+
+    >>> grown_rotary_factor(64, 98, 0.25), int(98 * grown_rotary_factor(64, 98, 0.25))
+    (0.653061224489796, 64)
+    """
+    rotary = head_dim if rotary is None else rotary
+    if int(head_dim * old) == rotary:
+        return old
+    factor = rotary / head_dim
+    while int(head_dim * factor) < rotary:
+        factor = math.nextafter(factor, 2.0)
+    if int(head_dim * factor) != rotary:  # cannot happen: the product grows by at most one ulp a step
+        raise ValueError(f"no factor turns {rotary} of {head_dim} dims")
+    return factor
 
 
 def effective_scaling(scaling: dict, positions: int) -> dict:
@@ -338,6 +455,10 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
             "tie_embeddings": bool(config.get("tie_word_embeddings", True)), "bias": PROJECTIONS,
             "qk_norm": "none", "norm_position": "pre",
         }
+    if family in ("gemma2", "gemma3"):
+        return gemma_model(config, path, family)
+    if family == "gpt_neox":
+        return neox_model(config, path)
     hidden, heads = _require(config, "hidden_size", path), _require(config, "num_attention_heads", path)
     if config.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"config.json: hidden_act {_found(config['hidden_act'])} is not supported "
@@ -353,6 +474,8 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
         bias = ()
     elif family in ("qwen3", "olmo2"):  # attention_bias: q, k, v and o; the MLP has none
         bias = attention if config.get("attention_bias") else ()
+    elif family == "phi3":  # Phi-3's projections have no biases, whatever the config says
+        bias = ()
     else:
         bias = (attention if config.get("attention_bias") else ()) + (mlp if config.get("mlp_bias") else ())
     theta, scaling = rope_settings(config, path)
@@ -368,6 +491,7 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
         "final_norm": True, "tie_embeddings": bool(config.get("tie_word_embeddings", False)), "bias": bias,
         "qk_norm": {"qwen3": "head", "olmo2": "all"}.get(family, "none"),
         "norm_position": "post" if family == "olmo2" else "pre",
+        **(rotary_field(config, path, head_dim) if family == "phi3" else {}),
     }
 
 
@@ -380,9 +504,16 @@ def mismatches(model, config: dict, path: str) -> list[tuple[str, object, object
              "rope_scaling": dict(model.rope_scaling), "final_norm": model.final_norm,
              "tie_embeddings": model.tie_embeddings, "bias": model.bias, "qk_norm": model.qk_norm,
              "norm_position": model.norm_position}
+    found.update(norm_offset=model.norm_offset, embed_scale=model.embed_scale,  # the Gemma fields
+                 attn_softcap=model.attn_softcap, logit_softcap=model.logit_softcap, attn_scale=model.attn_scale,
+                 layer_types=list(model.layer_types) or ["full_attention"] * model.dims.layers,
+                 rope_local_theta=model.rope_local_theta)
+    found.update(rotary_dims=model.rotary_dims, parallel_residual=model.parallel_residual)  # Phi-3, GPT-NeoX
     expected = expected_model(config, path)
     if expected["position"] == "rope":
         expected.setdefault("rope_scaling", {})
+    if expected["arch"] in PARTIAL_ROTARY:  # every dim turns: the spec leaves rotary_dims out
+        expected.setdefault("rotary_dims", None)
     out = []
     for key, want in expected.items():
         if key == "rope_scaling":
@@ -487,6 +618,8 @@ def _plain(value) -> str:
             return "no rope scaling"
         keys = sorted(value, key=lambda key: (key != "type", key))
         return "{" + ", ".join(f"{key}: {_plain(value[key])}" for key in keys) + "}"
+    if value is None:  # a softcap or rope_local_theta left out
+        return "null"
     return str(value)
 
 
@@ -502,6 +635,7 @@ def tensor_mismatches(model, shapes: dict) -> list[tuple[str, str, tuple[str, ..
     are the fields that could explain it (the dims of an axis of another size)."""
     family, shape = FAMILIES[model.arch], ModelShape.from_spec(model)
     prefix = family.prefix_of(shapes)
+    shapes = {family.module_name(name, prefix): value for name, value in shapes.items()}  # GPT-NeoX's embed_out
     try:
         stored = family.stored_tensors(shape, prefix)
     except ValueError as exc:  # e.g. GPT-2's fused c_attn.bias with a bias on q only
@@ -606,18 +740,25 @@ def grown_config(config: dict, after: ModelShape, origins: list[int]) -> dict:
         out.update(n_embd=after.hidden, n_head=layer.heads, n_inner=layer.mlp, n_layer=len(after.layers),
                    layer_norm_epsilon=after.norm_eps)
         return out
+    if out["model_type"] == "gpt_neox":
+        return _neox_grown(out, config, after)
     out.update(hidden_size=after.hidden, intermediate_size=layer.mlp, num_attention_heads=layer.heads,
                num_key_value_heads=layer.kv_heads, head_dim=layer.key, num_hidden_layers=len(after.layers),
                rms_norm_eps=after.norm_eps)  # hidden growth rescales eps by h/h' (gain-and-eps)
     types = layer_types(config)
     if types is not None:
         out["layer_types"] = [types[i] for i in origins]
+    if out["model_type"] == "gemma3_text":  # rope parameters per layer type
+        return _gemma3_grown_rope(out, config, after)
     params = rope_parameters(config, "config.json")
     params["rope_theta"] = after.rope_theta
     out["rope_parameters"] = params
     out["rope_theta"] = after.rope_theta
     scaled = params["rope_type"] != "default"
     out["rope_scaling"] = {key: value for key, value in params.items() if key != "rope_theta"} if scaled else None
+    if out["model_type"] == "phi3":  # the rotary width kept over the grown head_dim
+        factor = grown_rotary_factor(after.rotary_dims, layer.key, rotary_factor(config, "config.json")[0])
+        out["rope_parameters"]["partial_rotary_factor"] = out["partial_rotary_factor"] = factor
     return out
 
 
@@ -627,6 +768,8 @@ def layer_types(config: dict) -> list | None:
     types = config.get("layer_types")
     if isinstance(types, list):
         return types
+    if config.get("model_type") in ("gemma2", "gemma3_text"):
+        return gemma_layer_types(config)
     if config.get("model_type") not in ("qwen2", "qwen3"):
         return None
     window = config.get("sliding_window", 4096) if config.get("use_sliding_window", False) else None
@@ -638,6 +781,8 @@ def layer_types(config: dict) -> list | None:
 def shortest_window(config: dict) -> int | None:
     """The smallest sliding-attention window any layer uses (None: every layer attends fully)."""
     window = config.get("sliding_window")
+    if config.get("model_type") in ("gemma2", "gemma3_text") and "sliding_window" not in config:
+        window = GEMMA_COMMON_DEFAULTS["sliding_window"]
     if not window:
         return None
     if config.get("model_type") in ("qwen2", "qwen3") and not config.get("use_sliding_window", False):
@@ -646,3 +791,173 @@ def shortest_window(config: dict) -> int | None:
     if isinstance(types, list) and "sliding_attention" not in types:
         return None
     return int(window)
+
+
+# ------------------------------------------------------------------ GPT-NeoX (Pythia)
+def neox_model(config: dict, path: str) -> dict:
+    """The spec's ``model`` of a GPT-NeoX config, with GPTNeoXConfig's defaults: head_size = hidden // heads
+    (no kv grouping), LayerNorms with biases, biased dense layers (query_key_value and dense by
+    ``attention_bias``, default true; the MLP's always), partial rotary (`rotary_dims`), parallel residual by
+    ``use_parallel_residual`` (default true), an untied head by default."""
+    hidden, heads = _require(config, "hidden_size", path), _require(config, "num_attention_heads", path)
+    defaults = DEFAULTS["gpt_neox"]
+    activation = _get(config, "hidden_act", defaults["hidden_act"])
+    if activation not in GPT2_ACTIVATIONS:
+        raise CheckpointError(f"config.json: hidden_act {_found(activation)} is not supported (expected gelu, "
+                              "gelu_new, gelu_pytorch_tanh, relu or silu)", path=path)
+    head_size = hidden // heads
+    if config.get("head_dim") not in (None, head_size):  # the rotary embedding would read it, the attention not
+        raise CheckpointError(f"config.json: head_dim: gpt_neox's attention uses hidden_size // num_attention_heads "
+                              f"= {head_size}, found {_found(config['head_dim'])}", path=path)
+    theta, scaling = rope_settings(config, path)
+    attention = PROJECTIONS[:4] if _get(config, "attention_bias", defaults["attention_bias"]) else ()
+    return {
+        "arch": "gpt_neox",
+        "dims": {"hidden": hidden, "mlp": _require(config, "intermediate_size", path), "heads": heads,
+                 "kv_heads": heads, "key": head_size, "value": head_size,
+                 "layers": _require(config, "num_hidden_layers", path), "vocab": _require(config, "vocab_size", path),
+                 "positions": _require(config, "max_position_embeddings", path)},
+        "norm": "layernorm", "norm_eps": float(_get(config, "layer_norm_eps", defaults["layer_norm_eps"])),
+        "activation": GPT2_ACTIVATIONS[activation], "position": "rope", "rope_theta": theta,
+        **({"rope_scaling": scaling} if scaling else {}),
+        "final_norm": True, "tie_embeddings": bool(_get(config, "tie_word_embeddings", False)),
+        "bias": attention + ("up", "down"), "qk_norm": "none", "norm_position": "pre",
+        **rotary_field(config, path, head_size),
+        "parallel_residual": bool(_get(config, "use_parallel_residual", defaults["use_parallel_residual"])),
+    }
+
+
+def _neox_grown(out: dict, config: dict, after: ModelShape) -> dict:
+    """`grown_config` of GPT-NeoX: widths, depth and eps, and the rope settings in ``rope_parameters``
+    (with the ``partial_rotary_factor`` that keeps the rotary width over the grown head_size) and in the
+    legacy ``rotary_pct``, ``rotary_emb_base`` and ``rope_scaling`` older transformers read."""
+    layer = after.layers[0]
+    out.update(hidden_size=after.hidden, intermediate_size=layer.mlp, num_attention_heads=layer.heads,
+               num_hidden_layers=len(after.layers), layer_norm_eps=after.norm_eps)
+    if out.get("head_dim") is not None:
+        out["head_dim"] = layer.key
+    factor = grown_rotary_factor(after.rotary_dims, layer.key, rotary_factor(config, "config.json")[0])
+    params = {**rope_parameters(config, "config.json"), "rope_theta": after.rope_theta, "partial_rotary_factor": factor}
+    scaled = params["rope_type"] != "default"
+    out.update(rope_parameters=params, rotary_pct=factor, rotary_emb_base=after.rope_theta,
+               rope_scaling={key: value for key, value in params.items() if key != "rope_theta"} if scaled else None)
+    return out
+
+
+# ------------------------------------------------------------------ Gemma 2 and Gemma 3 (text)
+def _given(config: dict, key: str, default):
+    """``config[key]`` when the key is there, null included (a null softcap is none), else ``default``."""
+    return config[key] if key in config else default
+
+
+def gemma_model(config: dict, path: str, family: str) -> dict:
+    """The spec's ``model`` of a Gemma 2 (``gemma2``) or Gemma 3 text (``gemma3``) config, with the
+    defaults of Gemma2Config / Gemma3TextConfig: (1+w) RMSNorm gains of one eps everywhere (the QK-norm's
+    too), embeddings x sqrt(hidden), sandwich norms, the tanh-gelu gated MLP, scores scaled by
+    ``query_pre_attn_scalar``^-1/2, softcaps (Gemma 3's attention ignores ``attn_logit_softcapping``:
+    transformers never passes it on), per-layer attention types. `CheckpointError` for what the spec
+    cannot say: another hidden_activation, bidirectional attention, a scaled RoPE on sliding layers."""
+    gemma3, defaults = family == "gemma3", {**GEMMA_COMMON_DEFAULTS, **GEMMA_DEFAULTS[family]}
+    activation = _get(config, "hidden_activation", "gelu_pytorch_tanh")
+    if activation not in GEMMA_ACTIVATIONS:
+        raise CheckpointError(f"config.json: hidden_activation {_found(activation)} is not supported "
+                              "(expected gelu_pytorch_tanh: the gated MLP is geglu_tanh)", path=path)
+    if config.get("use_bidirectional_attention"):
+        raise CheckpointError("config.json: use_bidirectional_attention true is not supported "
+                              "(specgrow's attention is causal)", path=path)
+    theta, scaling, local = gemma_rope(config, path)
+    head_dim = _get(config, "head_dim", defaults["head_dim"])
+    softcaps = [_given(config, key, defaults[key]) for key in ("attn_logit_softcapping", "final_logit_softcapping")]
+    return {
+        "arch": family,
+        "dims": {"hidden": _require(config, "hidden_size", path), "mlp": _require(config, "intermediate_size", path),
+                 "heads": _require(config, "num_attention_heads", path),
+                 "kv_heads": _get(config, "num_key_value_heads", defaults["num_key_value_heads"]),
+                 "key": head_dim, "value": head_dim, "layers": _require(config, "num_hidden_layers", path),
+                 "vocab": _require(config, "vocab_size", path),
+                 "positions": _require(config, "max_position_embeddings", path)},
+        "norm": "rmsnorm", "norm_eps": float(_get(config, "rms_norm_eps", defaults["rms_norm_eps"])),
+        "activation": "geglu_tanh", "position": "rope", "rope_theta": theta,
+        **({"rope_scaling": scaling} if scaling else {}),
+        "final_norm": True, "tie_embeddings": bool(_get(config, "tie_word_embeddings", True)),
+        "bias": PROJECTIONS[:4] if config.get("attention_bias") else (),  # q k v o; the MLP has none
+        "qk_norm": "head" if gemma3 else "none", "norm_position": "sandwich",
+        "norm_offset": 1.0, "embed_scale": True,
+        "attn_softcap": None if gemma3 or softcaps[0] is None else float(softcaps[0]),
+        "logit_softcap": None if softcaps[1] is None else float(softcaps[1]),
+        "attn_scale": float(_get(config, "query_pre_attn_scalar", defaults["query_pre_attn_scalar"])),
+        "layer_types": list(layer_types(config)),
+        **({"rope_local_theta": local} if gemma3 else {}),
+    }
+
+
+def gemma_layer_types(config: dict) -> list[str]:
+    """Each layer's attention type as Gemma2Config / Gemma3TextConfig derive it when ``layer_types`` is
+    absent: sliding but every ``sliding_window_pattern``-th layer (Gemma 2: 2; Gemma 3: 6, or the config's)."""
+    family = "gemma3" if config.get("model_type") == "gemma3_text" else "gemma2"
+    every = GEMMA_DEFAULTS[family]["sliding_window_pattern"]
+    if family == "gemma3":
+        every = _get(config, "sliding_window_pattern", every)
+    return ["sliding_attention" if (i + 1) % every else "full_attention"
+            for i in range(_get(config, "num_hidden_layers", 0))]
+
+
+def gemma_rope(config: dict, path: str) -> tuple[float, dict, float | None]:
+    """``(rope_theta, the spec's rope_scaling, rope_local_theta)``: Gemma 2's one RoPE (`rope_settings`),
+    or Gemma 3's full-attention RoPE and sliding-attention base (`gemma3_rope_parameters`)."""
+    if config.get("model_type") != "gemma3_text":
+        theta, scaling = rope_settings(config, path)
+        return theta, scaling, None
+    full, sliding = gemma3_rope_parameters(config, path)
+    scaling = {key: value for key, value in full.items() if key not in ("rope_type", "rope_theta")}
+    scaling = {"type": full["rope_type"], **scaling} if full["rope_type"] != "default" else {}
+    return full["rope_theta"], scaling, sliding["rope_theta"]
+
+
+def gemma3_rope_parameters(config: dict, path: str) -> tuple[dict, dict]:
+    """The rope parameters of Gemma 3's full- and sliding-attention layers, as Gemma3TextConfig builds them
+    (``rope_parameters`` keyed by layer type; the legacy ``rope_scaling`` updates the full-attention one;
+    a missing rope_theta comes from the legacy ``rope_theta`` (default 1e6), resp. ``rope_local_base_freq``
+    (default 1e4)), each standardized by `rope_parameters`. `CheckpointError` for keys of
+    ``rope_parameters`` that are no layer type (transformers ignores them) and for a scaled RoPE on
+    sliding-attention layers (``rope_local_theta`` is unscaled)."""
+    given = config.get("rope_parameters") or {}
+    stray = [key for key in given if key not in GEMMA_LAYER_TYPES]
+    if stray:
+        raise CheckpointError(f"config.json: rope_parameters.{stray[0]}: gemma3_text keeps its rope parameters "
+                              "per layer type (expected full_attention and sliding_attention objects only)", path=path)
+    full, sliding = dict(given.get("full_attention") or {}), dict(given.get("sliding_attention") or {})
+    full.update(config.get("rope_scaling") or {})
+    defaults = GEMMA_DEFAULTS["gemma3"]
+    if full.get("rope_theta") is None:
+        full["rope_theta"] = _get(config, "rope_theta", defaults["rope_theta"])
+    if sliding.get("rope_theta") is None:
+        sliding["rope_theta"] = _get(config, "rope_local_base_freq", defaults["rope_local_base_freq"])
+    out = []
+    for layer_type, params in (("full_attention", full), ("sliding_attention", sliding)):
+        alone = {"rope_parameters": params, "max_position_embeddings": config.get("max_position_embeddings"),
+                 "partial_rotary_factor": config.get("partial_rotary_factor")}
+        try:
+            out.append(rope_parameters(alone, path))
+        except CheckpointError as err:  # name the layer type's object
+            named = f"config.json: rope_parameters.{layer_type}"
+            raise CheckpointError(err.message.replace("config.json: rope_parameters", named, 1), path=path) from None
+    if out[1]["rope_type"] != "default" and "sliding_attention" in layer_types(config):
+        raise CheckpointError(f"config.json: rope_parameters.sliding_attention.rope_type: rope type "
+                              f"{out[1]['rope_type']} on sliding-attention layers is not supported (expected default: "
+                              "the spec's rope_local_theta is unscaled)", path=path)
+    return out[0], out[1]
+
+
+def _gemma3_grown_rope(out: dict, config: dict, after: ModelShape) -> dict:
+    """`grown_config`'s rope keys for Gemma 3: ``rope_parameters`` per layer type, standardized, and the
+    legacy ``rope_theta``, ``rope_local_base_freq`` and ``rope_scaling`` that older transformers read."""
+    full, sliding = gemma3_rope_parameters(config, "config.json")
+    full["rope_theta"] = after.rope_theta
+    if after.rope_local_theta is not None:
+        sliding["rope_theta"] = after.rope_local_theta
+    out["rope_parameters"] = {"full_attention": full, "sliding_attention": sliding}
+    out["rope_theta"], out["rope_local_base_freq"] = full["rope_theta"], sliding["rope_theta"]
+    scaled = full["rope_type"] != "default"
+    out["rope_scaling"] = {key: value for key, value in full.items() if key != "rope_theta"} if scaled else None
+    return out

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from specgrow.arch import Family, stored_shape
+from specgrow.arch import Family, segments_of, stored_shape
 from specgrow.errors import CheckpointError
 from specgrow.lower.links import leaves
 from specgrow.lower.safetensors_io import (
@@ -43,6 +43,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
 class RoleSource:
     """The tensors of checkpoint ``files`` as roles of ``shape``, by ``family``'s table.
 
+    A fused tensor's roles are found by `specgrow.arch.segments_of` (one after the other, or head
+    by head); a tensor may be stored under its `specgrow.arch.Stored.saved` name instead.
+
     With ``check_finite`` every band read is checked: one that holds NaN or Inf is a
     `CheckpointError` naming the stored tensor and row (an input that is not a model to grow,
     rather than a numeric check that would blame a step).
@@ -54,22 +57,29 @@ class RoleSource:
         names = files.names()
         self._names = set(names)
         self.prefix = family.prefix_of(names)
-        self.where: dict = {}
+        self.where: dict = {}  # role key -> (stored name, [(stored row, role row, role end)], stored)
         expected = set()
         for name, stored, layer in family.stored_tensors(shape, self.prefix):
+            name = self._present(name, stored, layer)
             expected.add(name)
             self._check(name, stored_shape(stored, shape, layer))
             offset = 0
-            for role in stored.roles:
-                self.where[(role, layer)] = (name, offset, stored)
-                offset += shape.role_shape(role, layer)[0]
-        tied_head = family.name_of(family.stored_of("unembed.weight", None), None, self.prefix) \
-            if shape.tie_embeddings else None  # a tied checkpoint may still store the head: ignored
-        extra = sorted(n for n in names if n not in expected and n != tied_head and not family.is_ignored(n))
+            for role, start, stop in segments_of(stored, shape, layer):
+                self.where.setdefault((role, layer), (name, [], stored))[1].append((offset, start, stop))
+                offset += stop - start
+        head = family.stored_of("unembed.weight", None)
+        tied = {family.name_of(head, None, self.prefix), family.saved_name(head, None, self.prefix)} \
+            if shape.tie_embeddings else set()  # a tied checkpoint may still store the head: ignored
+        extra = sorted(n for n in names if n not in expected and n not in tied and not family.is_ignored(n))
         if extra:
             raise CheckpointError(f"the input has {len(extra)} tensor(s) the spec's model does not, "
                                   f"e.g. '{extra[0]}'", path=path)
         self._cached: tuple = (None, None)
+
+    def _present(self, name: str, stored, layer: int | None) -> str:
+        """The name the files hold the stored tensor under: ``name``, else its `Stored.saved` name."""
+        saved = self.family.saved_name(stored, layer, self.prefix)
+        return saved if name not in self._names and saved in self._names else name
 
     def _check(self, name: str, shape: tuple[int, ...]) -> None:
         if name not in self._names:
@@ -93,13 +103,19 @@ class RoleSource:
         return self.files.dtype(self._locate(key)[0])
 
     def rows(self, key, start: int, stop: int) -> torch.Tensor:
-        name, offset, stored = self._locate(key)
+        name, pieces, stored = self._locate(key)
+        spans = [(at + max(start, low) - low, at + min(stop, high) - low)  # the stored rows, in role order
+                 for at, low, high in pieces if max(start, low) < min(stop, high)]
+        if not spans:
+            spans = [(pieces[0][0], pieces[0][0])]  # no rows: an empty band of the right width
         if not stored.transposed:
-            return self._finite(name, self.files.read_rows(name, offset + start, offset + stop), offset + start)
-        if self._cached[0] != name:  # Conv1D [in, out]: read once, serve the roles' rows
-            self._cached = (None, None)
-            self._cached = (name, self._finite(name, self.files.read(name), 0).T)
-        return self._cached[1][offset + start:offset + stop]
+            parts = [self._finite(name, self.files.read_rows(name, a, b), a) for a, b in spans]
+        else:
+            if self._cached[0] != name:  # Conv1D [in, out]: read once, serve the roles' rows
+                self._cached = (None, None)
+                self._cached = (name, self._finite(name, self.files.read(name), 0).T)
+            parts = [self._cached[1][a:b] for a, b in spans]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _finite(self, name: str, rows: torch.Tensor, first: int) -> torch.Tensor:
         """``rows`` of stored tensor ``name`` (from row ``first``), checked if ``check_finite``."""
@@ -140,13 +156,21 @@ class MemoryTensors(_Tensors):
 
 
 def stored_tensors(source, family: Family, prefix: str, shape: ModelShape) -> dict[str, torch.Tensor]:
-    """The tensors a ``family`` checkpoint of ``shape`` stores, assembled whole from a role ``source``."""
-    out = {}
-    for name, stored, layer in family.stored_tensors(shape, prefix):
-        parts = [whole(source, (role, layer)) for role in stored.roles]
-        value = parts[0] if len(parts) == 1 else torch.cat(parts)
-        out[name] = value.T.contiguous() if stored.transposed else value
-    return out
+    """The tensors a ``family`` checkpoint of ``shape`` stores, assembled whole from a role ``source``
+    (named as the module names them: `specgrow.arch.Family.name_of`)."""
+    return {name: assemble(source, stored, layer, shape)
+            for name, stored, layer in family.stored_tensors(shape, prefix)}
+
+
+def assemble(source, stored, layer: int | None, shape: ModelShape) -> torch.Tensor:
+    """A stored tensor whole from its roles: their rows in stored order (`specgrow.arch.segments_of`),
+    transposed if Conv1D."""
+    if len(stored.roles) == 1:
+        value = whole(source, (stored.roles[0], layer))
+    else:
+        roles = {role: whole(source, (role, layer)) for role in stored.roles}
+        value = torch.cat([roles[role][start:stop] for role, start, stop in segments_of(stored, shape, layer)])
+    return value.T.contiguous() if stored.transposed else value
 
 
 def unshared(tensors: dict, inputs) -> dict:
@@ -181,11 +205,13 @@ def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShap
                      quiet: bool = True, sync: bool = True) -> dict[str, str]:
     """Write the stored tensors of ``shape`` pulled from ``source``: ``{file name: sha256}``.
 
-    Each file's hash is taken from its bytes as they are written, not by reading it back.
+    Each file's hash is taken from its bytes as they are written, not by reading it back. Tensors
+    are written under the names ``save_pretrained`` gives them (`specgrow.arch.Family.saved_name`).
     Without ``sync`` the files are not fsynced: the caller does it (`fsync_files`), e.g. while
     it checks them.
     """
-    tensors = family.stored_tensors(shape, prefix)
+    tensors = [(family.saved_name(stored, layer, prefix), stored, layer)
+               for _, stored, layer in family.stored_tensors(shape, prefix)]
     entries = [(name, dtype or source.dtype((stored.roles[0], layer)), stored_shape(stored, shape, layer))
                for name, stored, layer in tensors]
     by_name = {name: (stored, layer) for name, stored, layer in tensors}
@@ -198,7 +224,7 @@ def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShap
             with _Background(writer.put) as put:  # the writes overlap computing (and hashing) the next band
                 for name, out_dtype, out_shape in shard:
                     stored, layer = by_name[name]
-                    for chunk in _stored_chunks(source, stored, layer):
+                    for chunk in _stored_chunks(source, stored, layer, shape):
                         put(writer.accept(name, chunk.to(out_dtype)))
                     progress.advance(tensor_bytes(out_dtype, out_shape), name)
         hashes[file] = writer.sha256()
@@ -244,15 +270,14 @@ class _Background:
             raise self.error
 
 
-def _stored_chunks(source, stored, layer):
+def _stored_chunks(source, stored, layer, shape: ModelShape):
     """The stored tensor in row bands (one role, [out, in]) or whole (fused or Conv1D)."""
-    keys = [(role, layer) for role in stored.roles]
-    if len(keys) == 1 and not stored.transposed:
-        for start, stop in bands(source, keys[0]):
-            yield source.rows(keys[0], start, stop)
+    if len(stored.roles) == 1 and not stored.transposed:
+        key = (stored.roles[0], layer)
+        for start, stop in bands(source, key):
+            yield source.rows(key, start, stop)
         return
-    parts = torch.cat([whole(source, key) for key in keys])
-    yield parts.T.contiguous() if stored.transposed else parts
+    yield assemble(source, stored, layer, shape)
 
 
 def copy_side_files(src: Path, dst: Path, reserved=()) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from specgrow.arch import Stored, stored_shape
+from specgrow.arch import Stored, stored_segments, stored_shape
 from specgrow.errors import CheckpointError, SpecgrowError
 from specgrow.lower.stream import bands
 
@@ -36,19 +36,26 @@ def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
     return start, min(rows, start + size)
 
 
-def stored_rows(source, stored: Stored, layer: int | None, start: int, stop: int) -> torch.Tensor:
-    """Rows ``[start, stop)`` of a stored tensor (its roles stacked on axis 0, transposed if Conv1D)."""
+def stored_rows(source, stored: Stored, layer: int | None, start: int, stop: int, shape=None) -> torch.Tensor:
+    """Rows ``[start, stop)`` of a stored tensor (its roles' rows in stored order, `specgrow.arch.stored_segments`,
+    transposed if Conv1D). ``shape`` (the grown `ModelShape`) gives the heads of a `Stored.per_head` tensor."""
     keys = [(role, layer) for role in stored.roles]
+    heads = None
+    if stored.per_head:
+        if shape is None:
+            raise ValueError(f"{stored.template} interleaves its roles head by head: stored_rows needs the model shape")
+        heads = shape.layers[layer].heads
+    segments = stored_segments(stored, [source.shape(key)[0] for key in keys], heads)
     if stored.transposed:  # stored rows are the roles' columns: read every role a band at a time
-        parts = [torch.cat([source.rows(key, a, b)[:, start:stop] for a, b in bands(source, key)]) for key in keys]
-        return torch.cat(parts).T
+        columns = {key: torch.cat([source.rows(key, a, b)[:, start:stop] for a, b in bands(source, key)])
+                   for key in keys}
+        return torch.cat([columns[(role, layer)][a:b] for role, a, b in segments]).T
     parts, offset = [], 0
-    for key in keys:
-        rows = source.shape(key)[0]
-        low, high = max(start, offset), min(stop, offset + rows)
+    for role, first, end in segments:
+        low, high = max(start, offset), min(stop, offset + end - first)
         if low < high:
-            parts.append(source.rows(key, low - offset, high - offset))
-        offset += rows
+            parts.append(source.rows((role, layer), first + low - offset, first + high - offset))
+        offset += end - first
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 

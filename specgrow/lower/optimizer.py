@@ -25,6 +25,10 @@ old layer). With ``v = 0`` Adam's first step of a new coordinate would be
 seeded with the typical old ``v`` it is sized like the old coordinates' steps. Step
 counters are kept (a new tensor takes its origin's). `torch.optim.Optimizer.load_state_dict`
 does not check shapes, so every state tensor is checked against its parameter here.
+
+Moments of fused tensors (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``, GPT-NeoX's
+``query_key_value`` interleaved head by head) are split into roles and put back exactly as the
+weights are (`RoleSource`, `stored_tensors`), so each moment stays with its weight.
 """
 
 from __future__ import annotations
@@ -309,7 +313,9 @@ def grow_optimizer_file(path: str, family: Family, prefix: str, before: ModelSha
 
 
 def _canonical(name: str, family: Family, prefix: str) -> str:
-    """A parameter name with the checkpoint's model prefix (``model.`` / ``transformer.``) as stored."""
+    """A parameter name with the checkpoint's model prefix (``model.`` / ``transformer.``) as stored; a
+    saved name (`specgrow.arch.Stored.saved`: GPT-NeoX's ``embed_out.weight``) becomes the module's."""
+    name = family.module_name(name, prefix)
     for known in family.prefixes:
         if known and name.startswith(known):
             name = name[len(known):]

@@ -73,7 +73,7 @@ def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: 
 
     def pull(fqn: str, start: int, stop: int) -> torch.Tensor:
         entry, layer = stored[fqn]
-        rows = stored_rows(grown, entry, layer, start, stop)
+        rows = stored_rows(grown, entry, layer, start, stop, plan.after)
         return rows.to(device="cpu", dtype=out_dtype or rows.dtype).contiguous()
 
     manifest, result, error = None, None, None

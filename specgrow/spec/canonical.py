@@ -188,8 +188,8 @@ def uniform_steps(shape: Shape):
 
 def _family_problem(arch: str, shape: Shape, model: str) -> tuple[tuple[str, ...], str] | None:
     """The first width a HuggingFace config cannot express, as (the widths involved, the message):
-    one head_dim; hidden divisible by heads (LLaMA), equal to heads x head_dim (GPT-2). ``model``
-    names the model checked, e.g. "the grown model"."""
+    one head_dim; hidden divisible by heads (LLaMA), equal to heads x head_dim (GPT-2, GPT-NeoX). Phi-3
+    writes head_dim, so any hidden fits. ``model`` names the model checked, e.g. "the grown model"."""
     for i, layer in enumerate(shape.layers):
         if layer.key != layer.value:
             return ("key", "value"), (f"{arch} has one head_dim for queries, keys and values: grow key and value "
@@ -202,6 +202,12 @@ def _family_problem(arch: str, shape: Shape, model: str) -> tuple[tuple[str, ...
             return ("hidden", "heads", "key"), ("gpt2 needs heads x head_dim = hidden and no kv grouping: "
                                                 f"layer {i} of {model} has {layer.heads} heads of {layer.key} "
                                                 f"({layer.kv_heads} kv heads) for hidden {shape.hidden}")
+        if arch == "gpt_neox" and (layer.heads * layer.key != shape.hidden or layer.kv_heads != layer.heads):
+            return ("hidden", "heads", "key"), (
+                "gpt_neox has head_size = hidden / heads and no kv grouping (its config has no head_dim): "
+                f"layer {i} of {model} has {layer.heads} heads of {layer.key} ({layer.kv_heads} kv heads) for "
+                f"hidden {shape.hidden}; grow hidden together with heads (e.g. hidden x2 and heads x2, both by "
+                "duplicate) or with key and value, so that heads x key = hidden at the end")
     return None
 
 

@@ -90,6 +90,7 @@ KEYWORDS = {
     "additionalProperties": _additional,
     "items": lambda v, arg, s, root: not isinstance(v, list) or all(conforms(x, arg, root) for x in v),
     "minItems": lambda v, arg, *_: not isinstance(v, list) or len(v) >= arg,
+    "maxItems": lambda v, arg, *_: not isinstance(v, list) or len(v) <= arg,
     "uniqueItems": lambda v, arg, *_: not (arg and isinstance(v, list)) or all(
         not _same(v[i], v[j]) for i in range(len(v)) for j in range(i + 1, len(v))),
     "minProperties": lambda v, arg, *_: not isinstance(v, dict) or len(v) >= arg,

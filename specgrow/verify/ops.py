@@ -17,7 +17,8 @@ uses these identities (each proved at index level and checked numerically in
 * ``partial_rope``: with partial rotary over the first r columns of a head, RoPE_r([A, B]) =
   [RoPE_r(A), B] when A is the old head (width k >= r): the frequencies depend on r alone, so
   columns appended after the old head are not turned (used by `sublayers.rotate`).
-* ``zero_gain``: RMSNorm(x, 0, e) = 0 and LayerNorm(x, 0, b, e) = 1 * b.
+* ``zero_gain``: RMSNorm(x, 0, e) = 0 and LayerNorm(x, 0, b, e) = 1 * b, unless x is zero and
+  e is 0 (0/0: NaN whatever the gain; no rule rewrites a norm of zero with eps 0).
 * ``heads_of_zero_values``: Heads(Q, K, 0) = 0 (each row of the softmax weighs zeros).
 * ``norm_of_zero``: RMSNorm(0, g, e) = 0 and LayerNorm(0, g, b, e) = 1 * b, for e != 0 (with
   e = 0 it is 0/0: not rewritten). A post-sublayer norm of a zeroed sublayer is zero.
@@ -154,12 +155,25 @@ class Rope(_Op):
 
 
 # ------------------------------------------------------------------ lemma rules
+def _all_zero(m) -> bool:
+    """Whether ``m`` is the zero matrix, or a block matrix of zero blocks."""
+    return isinstance(m, ZeroMatrix) or isinstance(m, BlockMatrix) and all(isinstance(b, ZeroMatrix) for b in m.blocks)
+
+
+def _nan(x, eps, trace) -> bool:
+    """A norm of an all-zero input with eps 0 is 0/0: NaN, whatever its gain; no rule rewrites it
+    (the sublayers refuse to build one in the grown model: `sublayers.NaNNorm`)."""
+    return eps == 0 and _all_zero(x)
+
+
 def r_rmsnorm(e, trace):
     x, g, eps = e.args
+    if _nan(x, eps, trace):
+        return e
     if isinstance(g, ZeroMatrix):
         trace.lemma("zero_gain")
         return ZeroMatrix(*e.shape)
-    if isinstance(x, ZeroMatrix) and eps != 0:
+    if _all_zero(x) and eps != 0:
         trace.lemma("norm_of_zero")
         return ZeroMatrix(*e.shape)
     c, g0 = _split_scalar(g)
@@ -187,7 +201,9 @@ def r_rmsnorm(e, trace):
 
 def r_layernorm(e, trace):
     x, g, b, eps = e.args
-    if isinstance(g, ZeroMatrix) or isinstance(x, ZeroMatrix) and eps != 0:
+    if _nan(x, eps, trace):
+        return e
+    if isinstance(g, ZeroMatrix) or _all_zero(x) and eps != 0:
         trace.lemma("zero_gain" if isinstance(g, ZeroMatrix) else "norm_of_zero")
         return ZeroMatrix(*e.shape) if isinstance(b, ZeroMatrix) else mul(OneMatrix(x.shape[0], 1), b)
     cg, g0 = _split_scalar(g)
@@ -205,7 +221,9 @@ def r_layernorm(e, trace):
 
 def r_headnorm(e, trace):
     x, g, eps, width = e.args
-    if isinstance(g, ZeroMatrix) or isinstance(x, ZeroMatrix) and eps != 0:
+    if _nan(x, eps, trace):
+        return e
+    if isinstance(g, ZeroMatrix) or _all_zero(x) and eps != 0:
         trace.lemma("head_norm_split")
         return ZeroMatrix(*e.shape)
     c, g0 = _split_scalar(g)

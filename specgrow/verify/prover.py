@@ -331,6 +331,9 @@ def _obligation(step, sublayer, layers, statement, build, key, side=None):
     try:
         new, target = build()
         residual = collapse(sub(new, target), trace, extra=LEMMAS)
+    except S.NaNNorm as err:
+        result = Obligation(step, sublayer, layers, Verdict.REFUTED, statement, residual="NaN", hint=str(err),
+                            seconds=time.perf_counter() - started)
     except Stuck as err:
         result = Obligation(step, sublayer, layers, Verdict.UNKNOWN, statement, stuck=str(err),
                             seconds=time.perf_counter() - started)

@@ -74,6 +74,22 @@ def _add_bias(w, role, pair):
     return add(pair[0], mul(ones, new)), add(pair[1], mul(ones, old))
 
 
+class NaNNorm(Exception):
+    """A norm of the grown model reads an all-zero input with eps 0: 0/0, NaN in every output
+    it reaches (NaN * 0 is NaN, so a zero factor after it, which the algebra would cancel,
+    does not save it)."""
+
+
+def _finite(x, eps, what):
+    """``x``, after checking that the grown model's norm ``what`` with ``eps`` is not 0/0."""
+    if eps == 0:
+        from specgrow.verify.ops import _all_zero
+
+        if _all_zero(collapse(x, Trace(), extra=LEMMAS)):
+            raise NaNNorm(f"{what} of an all-zero input with eps 0 is 0/0 (NaN), and NaN * 0 is NaN")
+    return x
+
+
 def gains(w, role):
     """(new, old) effective gains of a norm: the stored gains, plus 1 where ``norm_offset`` is 1 (Gemma's 1 + w)."""
     g_new, g_old = w.get(role)
@@ -86,6 +102,7 @@ def gains(w, role):
 
 def norm(w, prefix, x_new, x_old, eps_new):
     g_new, g_old = gains(w, f"{prefix}.weight")
+    x_new = _finite(x_new, eps_new, prefix)
     if w.shape.norm == "layernorm":
         b_new, b_old = w.get(f"{prefix}.bias")
         return LayerNorm(x_new, g_new, b_new, eps_new), LayerNorm(x_old, g_old, b_old, EPS)
@@ -108,6 +125,7 @@ def qk_norm_whole(w, q, k_, key_new, eps_new):
     if w.shape.qk_norm == "none":
         return q, k_
     (gq_new, gq_old), (gk_new, gk_old) = (gains(w, role) for role in QK_NORM_GAINS[w.shape.qk_norm])
+    _finite(q[0], eps_new, "the query norm"), _finite(k_[0], eps_new, "the key norm")
     if w.shape.qk_norm == "head":
         return ((HeadNorm(q[0], gq_new, eps_new, key_new), HeadNorm(q[1], gq_old, EPS, k)),
                 (HeadNorm(k_[0], gk_new, eps_new, key_new), HeadNorm(k_[1], gk_old, EPS, k)))
@@ -123,6 +141,7 @@ def qk_norm_head(w, q, k_, x_new, x_old, eps_new):
         return q, k_
     if w.shape.qk_norm == "head":
         (gq_new, gq_old), (gk_new, gk_old) = (gains(w, role) for role in QK_NORM_GAINS["head"])
+        _finite(q[0], eps_new, "the query norm"), _finite(k_[0], eps_new, "the key norm")
         return ((RMSNorm(q[0], gq_new, eps_new), RMSNorm(q[1], gq_old, EPS)),
                 (RMSNorm(k_[0], gk_new, eps_new), RMSNorm(k_[1], gk_old, EPS)))
     reads = ("attn_norm.", "attn.q.", "attn.k.", *QK_NORM_GAINS["all"])

@@ -278,10 +278,12 @@ def find_witness(steps, before: ModelShape, seed: int, zeros=frozenset(),
                 state = random_state(before, trial, gain, bias)
                 state.update({key: np.zeros_like(state[key]) for key in zeros if key in state})
                 tokens = random_tokens(before, trial if tokens_seed is None else tokens_seed)
-                reference = logits(before, state, tokens)
-                for step in steps:
-                    state = grow(state, step)
-                found = _differs(before, reference, logits(after, state, tokens), tokens,
+                with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN is a finding here
+                    reference = logits(before, state, tokens)
+                    for step in steps:
+                        state = grow(state, step)
+                    grown = logits(after, state, tokens)
+                found = _differs(before, reference, grown, tokens,
                                  seed=trial, norm_gain=gain, bias_scale=bias)
                 if found is not None:
                     return found
