@@ -96,6 +96,10 @@ FEATURES = {
     "qk-head-sandwich": dict(qk_norm="head", norm_position="sandwich", position="rope", activation="swiglu"),
     "qk-all-post": dict(qk_norm="all", norm_position="post", position="rope", bias=True),
     "post-layernorm": dict(norm_position="post", norm="layernorm", bias=True),
+    # (1+w) gains: a rescaled stored gain is c*w + (c - 1), the IR's shift; sqrt(h) embeddings
+    "gemma": dict(qk_norm="head", norm_position="sandwich", position="rope", activation="geglu_tanh",
+                  norm_offset=1, embed_scale=True, attn_scale=12, tie_embeddings=True),
+    "gemma-untied": dict(norm_position="sandwich", position="rope", norm_offset=1, embed_scale=True),
 }
 
 

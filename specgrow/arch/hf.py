@@ -132,7 +132,7 @@ def family_of(config: dict, path: str) -> str:
                           f"(expected {MODEL_TYPES})", path=path)
 
 
-MODEL_TYPES = "gpt2, llama, mistral, qwen2, qwen3, olmo2, phi3 or gpt_neox"
+MODEL_TYPES = "gpt2, llama, mistral, qwen2, qwen3, olmo2, gemma2, gemma3_text, phi3 or gpt_neox"
 
 
 def read_config(directory: Path) -> dict:

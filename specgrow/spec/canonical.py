@@ -188,14 +188,14 @@ def uniform_steps(shape: Shape):
 
 def _family_problem(arch: str, shape: Shape, model: str) -> tuple[tuple[str, ...], str] | None:
     """The first width a HuggingFace config cannot express, as (the widths involved, the message):
-    one head_dim; hidden divisible by heads (LLaMA), equal to heads x head_dim (GPT-2, GPT-NeoX). Phi-3
+    one head_dim; hidden divisible by heads (LLaMA, Gemma), equal to heads x head_dim (GPT-2, GPT-NeoX). Phi-3
     writes head_dim, so any hidden fits. ``model`` names the model checked, e.g. "the grown model"."""
     for i, layer in enumerate(shape.layers):
         if layer.key != layer.value:
             return ("key", "value"), (f"{arch} has one head_dim for queries, keys and values: grow key and value "
                                       f"together (layer {i} of {model} has key {layer.key}, value {layer.value})")
-        if arch == "llama" and shape.hidden % layer.heads:
-            return ("hidden", "heads"), ("llama configs need hidden divisible by heads (transformers refuses the "
+        if arch in ("llama", "gemma2", "gemma3") and shape.hidden % layer.heads:
+            return ("hidden", "heads"), (f"{arch} configs need hidden divisible by heads (transformers refuses the "
                                          f"config otherwise): {model} has hidden {shape.hidden}, "
                                          f"{layer.heads} heads in layer {i}")
         if arch == "gpt2" and (layer.heads * layer.key != shape.hidden or layer.kv_heads != layer.heads):
@@ -300,8 +300,8 @@ class _Checker:
                 f"rope_scaling {scaling} computes each frequency from the head width itself ("
                 + ("its correction range is a rounded fraction of the width" if scaling == "yarn"
                    else "its base is raised to width / (width - 2) beyond the trained length")
-                + "), so no placement of the old dims keeps every old frequency; key growth is not exact "
-                "under this scaling (grow the other widths, or use linear or llama3 scaling)",
+                + "), so in general no placement of the old dims keeps every old frequency; key growth is "
+                "refused under this scaling (grow the other widths; under linear or llama3 key growth is exact)",
             )
         partial = self.model.rotary_dims is not None
         if partial and placement == "interleave":

@@ -423,15 +423,24 @@ def _hint(residual, conditions) -> str | None:
 
 
 def _shared_eps(residual) -> str | None:
-    """The hint for a residual that holds a QK-norm: it shares the model's one eps."""
+    """The hint for a residual whose QK-norms differ in their eps (or grew their width) while the
+    model has an eps: it is shared with the hidden norms. None when eps plays no part (eps 0)."""
     qk = [a for a in residual.atoms(RMSNorm, HeadNorm) if any(name in str(a.args[1]) for name in ("q_norm", "k_norm"))]
-    if not qk:
+    if not qk or all(a.args[2] == 0 for a in qk):
+        return None
+    grown = any(isinstance(a.args[0], BlockMatrix) for a in qk)  # a head (or all heads) of a new width
+    if grown:
+        return ("a QK-norm over a grown width: a zero-padded width needs its own eps x old/new width, but the "
+                "model has one eps (HF rms_norm_eps), shared with the hidden norms, so no config holds the grown "
+                "model; new dims also enter the norm's mean square. Under a QK-norm no key growth is exact; for an "
+                "all-heads QK-norm, heads with method: duplicate of every head is")
+    eps = {a.args[3] if isinstance(a, LayerNorm) else a.args[2] for a in residual.atoms(RMSNorm, HeadNorm, LayerNorm)}
+    if len(eps) < 2:
         return None
     return ("the QK-norms share the model's one eps (HF rms_norm_eps) with the hidden norms, and this step needs "
             "them to differ (a norm over a zero-padded width needs eps x old/new width; copies need none): no "
             "config holds the grown model. Exact instead: hidden with method: duplicate (copies keep every mean "
-            "square); for an all-heads QK-norm, heads with method: duplicate of every head; under a QK-norm no key "
-            "growth is exact")
+            "square, so no eps changes)")
 
 
 def _factor_hint(new, target):
