@@ -2,7 +2,7 @@
 
 `grow_module` runs the same edits as ``specgrow apply`` on a live ``nn.Module`` (specgrow's
 reference model, or a HuggingFace model of a family of `specgrow.arch`: GPT-2, LLaMA, Mistral, Qwen2,
-Qwen3, OLMo 2, Gemma 2, Gemma 3 text, ...) and returns a new
+Qwen3, OLMo 2, Gemma 2, Gemma 3 text, Phi-3, GPT-NeoX) and returns a new
 module, after the spec was proved and the grown logits were checked against the old ones.
 
 Given an Adam or AdamW optimizer it also returns a new optimizer of the same class and
@@ -74,7 +74,7 @@ def _kind_of(model, spec, before: ModelShape, first: bool) -> _Kind:
     if config is None or not hasattr(config, "to_dict"):
         raise InputError(f"grow_module: cannot grow a {type(model).__name__}; expected specgrow's ReferenceModel "
                          "or a HuggingFace causal LM of a family specgrow reads (GPT-2, LLaMA, Mistral, Qwen2, "
-                         "Qwen3, OLMo 2, Gemma 2, Gemma 3 text, ...)", path="model")
+                         "Qwen3, OLMo 2, Gemma 2, Gemma 3 text, Phi-3, GPT-NeoX)", path="model")
     from specgrow.arch.hf import cross_check, family_of
 
     data = config.to_dict()

@@ -42,7 +42,7 @@ from specgrow.lower.numeric import streamed_logits
 from specgrow.lower.safetensors_io import CheckpointFiles
 from specgrow.shape import ModelShape
 from specgrow.spec import load_spec, load_spec_text
-from tests.test_hf import scale_like_trained, spec_for, tokens
+from tests.test_hf import applied_and_compared, built_and_checked, scale_like_trained, spec_for, tokens
 
 ATOL = RTOL = 1e-4
 COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -81,22 +81,13 @@ def logits(model, kind: str):
 
 
 def build_and_check(tmp_path, kind, steps, verdict="PROVED", **over):
-    """Build ``kind`` in ``tmp_path/in`` and write a spec of ``steps`` for it, whose ``specgrow check``
-    must exit as ``verdict`` does: ``(original model, input folder, output folder, spec path)``."""
-    src, out = tmp_path / "in", tmp_path / "out"
-    original = save_tiny(kind, src, **over)
-    spec = spec_for(src, steps, tmp_path / "spec.yaml")
-    assert main(["check", spec]) == (0 if verdict == "PROVED" else 1)
-    return original, src, out, spec
+    """`built_and_checked` for a tiny ``kind`` model: ``(original model, input, output, spec path)``."""
+    return built_and_checked(tmp_path, lambda folder: save_tiny(kind, folder, **over), steps, verdict)
 
 
 def grow_and_compare(tmp_path, capsys, kind, steps, **over):
-    original, src, out, spec = build_and_check(tmp_path, kind, steps, **over)
-    assert f"{spec}: PROVED" in capsys.readouterr().out
-    assert main(["apply", spec, "--input", str(src), "-o", str(out), "-q"]) == 0
-    grown = AutoModelForCausalLM.from_pretrained(out).eval()
-    torch.testing.assert_close(logits(grown, kind), logits(original, kind), atol=ATOL, rtol=RTOL)
-    return original, grown, out
+    return applied_and_compared(tmp_path, capsys, lambda folder: save_tiny(kind, folder, **over), steps,
+                                lambda model: logits(model, kind))
 
 
 # ------------------------------------------------------------------ the exact expansions of each family

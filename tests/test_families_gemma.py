@@ -51,7 +51,7 @@ from specgrow.lower.safetensors_io import CheckpointFiles
 from specgrow.shape import ModelShape
 from specgrow.spec import load_spec, load_spec_text
 from specgrow.transforms import compile_spec
-from tests.test_hf import scale_like_trained, spec_for, tokens
+from tests.test_hf import built_and_checked, scale_like_trained, spec_for, tokens
 
 ATOL = RTOL = 1e-4
 COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -93,13 +93,8 @@ def logits(model):
 
 
 def build_and_check(tmp_path, kind, steps, verdict="PROVED", **over):
-    """``kind`` in ``tmp_path/in`` and a spec of ``steps`` for it, whose ``specgrow check`` must exit as
-    ``verdict`` does: ``(original model, input folder, output folder, spec path)``."""
-    src, out = tmp_path / "in", tmp_path / "out"
-    original = save_tiny(kind, src, **over)
-    spec = spec_for(src, steps, tmp_path / "spec.yaml")
-    assert main(["check", spec]) == (0 if verdict == "PROVED" else 1)
-    return original, src, out, spec
+    """`built_and_checked` for a tiny ``kind`` model: ``(original model, input, output, spec path)``."""
+    return built_and_checked(tmp_path, lambda folder: save_tiny(kind, folder, **over), steps, verdict)
 
 
 # ------------------------------------------------------------------ the exact expansions

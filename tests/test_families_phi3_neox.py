@@ -36,7 +36,7 @@ from specgrow.lower.numeric import streamed_logits
 from specgrow.lower.safetensors_io import CheckpointFiles
 from specgrow.shape import ModelShape
 from specgrow.spec import load_spec, load_spec_text
-from tests.test_hf import scale_like_trained, spec_for, tokens
+from tests.test_hf import applied_and_compared, built_and_checked, scale_like_trained, spec_for, tokens
 
 ATOL = RTOL = 1e-4
 NO_TOKENS = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)
@@ -75,21 +75,12 @@ def logits(model):
 
 
 def build_and_check(tmp_path, kind, steps, verdict="PROVED", **over):
-    """``kind`` saved to ``tmp_path/in``, a spec of ``steps`` for it, ``specgrow check`` exiting as ``verdict`` does."""
-    src, out = tmp_path / "in", tmp_path / "out"
-    original = save_tiny(kind, src, **over)
-    spec = spec_for(src, steps, tmp_path / "spec.yaml")
-    assert main(["check", spec]) == (0 if verdict == "PROVED" else 1)
-    return original, src, out, spec
+    """`built_and_checked` for a tiny ``kind`` model: ``(original model, input, output, spec path)``."""
+    return built_and_checked(tmp_path, lambda folder: save_tiny(kind, folder, **over), steps, verdict)
 
 
 def grow_and_compare(tmp_path, capsys, kind, steps, **over):
-    original, src, out, spec = build_and_check(tmp_path, kind, steps, **over)
-    assert f"{spec}: PROVED" in capsys.readouterr().out
-    assert main(["apply", spec, "--input", str(src), "-o", str(out), "-q"]) == 0
-    grown = AutoModelForCausalLM.from_pretrained(out).eval()
-    torch.testing.assert_close(logits(grown), logits(original), atol=ATOL, rtol=RTOL)
-    return original, grown, out
+    return applied_and_compared(tmp_path, capsys, lambda folder: save_tiny(kind, folder, **over), steps, logits)
 
 
 # ------------------------------------------------------------------ the exact expansions of each family

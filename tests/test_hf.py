@@ -84,6 +84,27 @@ def tokens(vocab=97, length=12):
     return torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(1))
 
 
+def built_and_checked(tmp_path, save, steps, verdict="PROVED"):
+    """``save(folder)`` writes a model to ``tmp_path/in`` and returns it; a spec of ``steps`` for that folder
+    is written and ``specgrow check`` must exit as ``verdict`` does: ``(model, input, output, spec path)``."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    original = save(src)
+    spec = spec_for(src, steps, tmp_path / "spec.yaml")
+    assert main(["check", spec]) == (0 if verdict == "PROVED" else 1)
+    return original, src, out, spec
+
+
+def applied_and_compared(tmp_path, capsys, save, steps, logits):
+    """`built_and_checked` PROVED, applied, reloaded with transformers: ``logits(model)`` of the grown model
+    equal the original's within atol = rtol = 1e-4 (fp32). Returns ``(original, grown, output folder)``."""
+    original, src, out, spec = built_and_checked(tmp_path, save, steps)
+    assert f"{spec}: PROVED" in capsys.readouterr().out
+    assert main(["apply", spec, "--input", str(src), "-o", str(out), "-q"]) == 0
+    grown = AutoModelForCausalLM.from_pretrained(out).eval()
+    torch.testing.assert_close(logits(grown), logits(original), atol=ATOL, rtol=RTOL)
+    return original, grown, out
+
+
 def grow_and_compare(tmp_path, kind, steps, *, shard_in=None, shard_out=None, **over):
     src, out = tmp_path / "in", tmp_path / "out"
     original = save_tiny(kind, src, shard_in, **over)

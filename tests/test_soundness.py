@@ -187,7 +187,7 @@ def specs(draw):
     """The YAML text of a random spec (shown as is when an example fails)."""
     norm = draw(st.sampled_from(["rmsnorm", "layernorm"]))
     position = draw(st.sampled_from(["none", "learned", "rope"]))
-    activation = draw(st.sampled_from(["relu", "gelu", "gelu_tanh", "silu", "swiglu"]))
+    activation = draw(st.sampled_from(["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu_tanh"]))
     bias = draw(st.one_of(st.booleans(), st.lists(st.sampled_from(["q", "k", "v", "o", "up", "gate", "down"]),
                                                   min_size=1, max_size=3, unique=True)))
     model = dict(norm=norm, norm_eps=draw(st.sampled_from([0.0, 1e-2, 5e-2])), activation=activation,
@@ -197,15 +197,27 @@ def specs(draw):
     scaling = draw(st.sampled_from(ROPE_SCALINGS)) if position == "rope" else None
     if scaling is not None:
         model["rope_scaling"] = scaling
+    # Gemma's and GPT-NeoX's features: (1+w) gains, sqrt(h) embeddings, softcaps, a fixed score scale,
+    # parallel residual; each drawn now and then, so that most specs stay plain
+    if draw(st.integers(0, 3)) == 0:
+        model.update(norm_offset=1, embed_scale=draw(st.booleans()))
+    if draw(st.integers(0, 3)) == 0:
+        model.update(attn_softcap=draw(st.sampled_from([None, 1.0, 5.0])), logit_softcap=draw(st.sampled_from([None, 2.0])),
+                     attn_scale=draw(st.sampled_from([None, 3.0])))
+    if draw(st.integers(0, 3)) == 0:
+        model["parallel_residual"] = True
     kv, ratio = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     key = 2 * draw(st.integers(1, 3))
+    partial = position == "rope" and key >= 4 and draw(st.integers(0, 3)) == 0
+    if partial:
+        model["rotary_dims"] = 2  # partial rotary: key growth appends after the old head
     dims = dict(hidden=draw(st.integers(4, 8)), mlp=draw(st.integers(4, 8)), heads=kv * ratio, kv_heads=kv,
                 key=key, value=draw(st.integers(1, 4)), layers=draw(st.integers(1, 2)),
                 vocab=draw(st.integers(5, 20)), positions=draw(st.integers(3, 8)))
     hidden = dims["hidden"]
     layers = [dict(mlp=dims["mlp"], heads=kv * ratio, key=key, value=dims["value"]) for _ in range(dims["layers"])]
     up_bias = bias is True or (isinstance(bias, list) and "up" in bias)
-    mlp_roles = ["w_in", "w_out"] + ["b_in"] * up_bias + ["w_gate"] * (activation == "swiglu")
+    mlp_roles = ["w_in", "w_out"] + ["b_in"] * up_bias + ["w_gate"] * (activation in ("swiglu", "geglu_tanh"))
     hidden_roles = ["embed", "read", "write", "gain", "bias"] + ["pos"] * (position == "learned")
     shift = norm == "layernorm" and (model["final_norm"] or model["norm_position"] != "pre")
     plan = draw(st.sampled_from([False] * (PLAN_SHARE - 1) + [True]))
@@ -247,7 +259,9 @@ def specs(draw):
             widths = math.lcm(*(s["key"] for s in sel))
             multiple = widths * draw(st.integers(2, 3))
             append = max(s["key"] for s in sel) + draw(st.integers(1, 4))
-            if position == "rope":
+            if position == "rope" and partial:
+                to, placement = append + append % 2, "append"  # interleave is refused under partial rotary
+            elif position == "rope":
                 append += append % 2
                 misplaced = bad and draw(st.booleans())
                 to, placement = (append, "append") if misplaced else (multiple, "interleave")

@@ -160,7 +160,7 @@ def _all_zero(m) -> bool:
     return isinstance(m, ZeroMatrix) or isinstance(m, BlockMatrix) and all(isinstance(b, ZeroMatrix) for b in m.blocks)
 
 
-def _nan(x, eps, trace) -> bool:
+def _nan(x, eps) -> bool:
     """A norm of an all-zero input with eps 0 is 0/0: NaN, whatever its gain; no rule rewrites it
     (the sublayers refuse to build one in the grown model: `sublayers.NaNNorm`)."""
     return eps == 0 and _all_zero(x)
@@ -168,7 +168,7 @@ def _nan(x, eps, trace) -> bool:
 
 def r_rmsnorm(e, trace):
     x, g, eps = e.args
-    if _nan(x, eps, trace):
+    if _nan(x, eps):
         return e
     if isinstance(g, ZeroMatrix):
         trace.lemma("zero_gain")
@@ -201,7 +201,7 @@ def r_rmsnorm(e, trace):
 
 def r_layernorm(e, trace):
     x, g, b, eps = e.args
-    if _nan(x, eps, trace):
+    if _nan(x, eps):
         return e
     if isinstance(g, ZeroMatrix) or _all_zero(x) and eps != 0:
         trace.lemma("zero_gain" if isinstance(g, ZeroMatrix) else "norm_of_zero")
@@ -221,7 +221,7 @@ def r_layernorm(e, trace):
 
 def r_headnorm(e, trace):
     x, g, eps, width = e.args
-    if _nan(x, eps, trace):
+    if _nan(x, eps):
         return e
     if isinstance(g, ZeroMatrix) or _all_zero(x) and eps != 0:
         trace.lemma("head_norm_split")
