@@ -88,8 +88,8 @@ def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes:
         return linear(activate(shape.activation, linear(h, "mlp.up", i), gate), "mlp.down", i)
 
     x = _embed(source, tokens, shape.hidden, band_bytes)  # (B, T, h)
-    if shape.embed_scale:
-        x = x * torch.tensor(shape.hidden ** 0.5, dtype=x.dtype)
+    if shape.embed_scale:  # sqrt(hidden) rounded to the checkpoint's dtype, as transformers' Gemma computes it
+        x = x * torch.tensor(shape.hidden ** 0.5, dtype=source.dtype(("embed.weight", None))).float()
     if shape.position == "learned":
         x = x + source.rows(("pos.weight", None), 0, tokens.shape[1]).to(device).float()
     for i, s in enumerate(shape.layers):
