@@ -16,7 +16,7 @@ by ``specgrow check`` before the model is grown):
   key = value = head_dim.)
 * OLMo 2 (norms after each sublayer, QK-norm over all heads at once): mlp, layers, hidden by
   ``duplicate``, heads by ``duplicate`` adding every head (the all-heads norm sees [x, x]);
-  heads zero-add and hidden zero-pad are REFUTED (shared eps); key growth is UNKNOWN.
+  heads zero-add and hidden zero-pad are REFUTED (shared eps); key growth is refused by `validate`.
 * LLaMA with rope scaling ``llama3`` or ``linear``: all six, key growth by the integer multiple
   that keeps every old frequency (with value growth: HF has one head_dim); ``yarn`` and
   ``dynamic``: everything but key growth (their frequencies depend on head_dim itself).
@@ -187,9 +187,10 @@ def test_shared_eps_growth_is_refuted_and_apply_writes_nothing(tmp_path, capsys,
     assert difference > change
 
 
-def test_olmo2_key_growth_is_not_proved(tmp_path, capsys):
-    _, src, out, spec = build_and_check(tmp_path, "olmo2", STEPS["head-dim"], verdict="UNKNOWN")
-    assert f"{spec}: UNKNOWN" in capsys.readouterr().out
+def test_olmo2_key_growth_is_refused(tmp_path, capsys):
+    _, src, out, spec = build_and_check(tmp_path, "olmo2", STEPS["head-dim"], verdict="invalid")
+    said = "".join(capsys.readouterr())
+    assert "steps[0].key: qk_norm all" in said and "rms_norm_eps" in said
     assert main(["apply", spec, "--input", str(src), "-o", str(out), "-q"]) == 1 and not out.exists()
 
 

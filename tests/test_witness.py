@@ -156,8 +156,12 @@ def plain(source) -> bool:
     return not isinstance(source, Random) and not (isinstance(source, Old) and source.noise is not None)
 
 
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("name", STEPS)
+# every step on every model, but key growth under qk_norm all (validate refuses it)
+GROW_CASES = [(name, model) for model in MODELS for name in STEPS
+              if not (name.startswith("key") and MODELS[model].get("qk_norm") == "all")]
+
+
+@pytest.mark.parametrize("name,model", GROW_CASES, ids=[f"{name}-{model}" for name, model in GROW_CASES])
 def test_grow_equals_the_executor_exactly(name, model):
     plan, grown, expected = executor_and_numpy(make_spec([STEPS[name]], **MODELS[model]))
     assert set(grown) == set(expected)

@@ -293,6 +293,14 @@ class _Checker:
                 "interleave places the two halves of each head's key dims, so it needs even key "
                 f"widths: layer {odd[0]} has key {shape.layers[odd[0]].key}",
             )
+        if self.model.qk_norm == "all":
+            raise self.fail(
+                path,
+                "qk_norm all normalises all heads' queries (and keys) at once: growing the key width zero-pads "
+                "that norm, which would need its eps x old/new width while the hidden norms keep theirs (the "
+                "model has one norm_eps, HF rms_norm_eps), and its gain rescaled; no key growth is exact for "
+                "this model (grow the other widths; heads by method: duplicate of every head)",
+            )
         scaling = dict(self.model.rope_scaling).get("type")
         if rope and scaling in ("yarn", "dynamic"):
             raise self.fail(
