@@ -123,7 +123,8 @@ class Old:
         if self.scale != 1:
             text += f"*{self.scale}"
         if self.shift != 0:
-            text += f"+{self.shift}"
+            shift = str(self.shift)
+            text += shift if shift.startswith("-") else f"+{shift}"
         if self.noise is not None:
             text += f"{'+' if self.noise.sign > 0 else '-'}noise({self.noise.std})"
         return text

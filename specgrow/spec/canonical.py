@@ -420,8 +420,11 @@ class _Checker:
                 raise self.fail(
                     path + ("init", role), f"role {role} exists only with {needs}", at_key=True
                 )
+        defaults = dict(DEFAULT_INIT[kind])
+        if kind == "hidden" and model.norm_offset == 1:
+            defaults["gain"] = Zeros()  # stored w = 0: gain 1 + w = 1, as elsewhere
         merged = {
-            **DEFAULT_INIT[kind],
+            **defaults,
             **{role: _init_value(value) for role, value in given.items()},
         }
         return tuple(sorted(merged.items()))
