@@ -161,6 +161,17 @@ def _one(template: str, role: str, **kw) -> Stored:
     return Stored(template, (role,), **kw)
 
 
+def _features(free: tuple[str, ...] = (), **fixed) -> tuple[tuple[str, object], ...]:
+    """`PLAIN` with ``fixed`` over it, less the ``free`` fields (each checkpoint's own), as sorted pairs."""
+    return tuple(sorted((key, value) for key, value in {**PLAIN, **fixed}.items() if key not in free))
+
+
+# The model fields of the newer families' features, as the families without them have them
+PLAIN = {"qk_norm": "none", "norm_position": "pre", "norm_offset": 0.0, "embed_scale": False,
+         "attn_softcap": None, "logit_softcap": None, "attn_scale": None, "parallel_residual": False,
+         "rope_local_theta": None, "rotary_dims": None}
+
+
 GPT2 = Family(
     name="gpt2",
     model_types=("gpt2",),
@@ -187,7 +198,15 @@ GPT2 = Family(
     ),
     prefixes=("transformer.", ""),
     ignored=r"(^|\.)attn\.(masked_)?bias$",  # the causal-mask buffers of older checkpoints
+    features=_features(rope_scaling=()),
 )
+
+# LLaMA's projections, named self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj (weight and bias), shared by
+# the families that name them so
+_LLAMA_ATTENTION = tuple(_one(f"layers.{{}}.self_attn.{p}_proj.{kind}", f"attn.{p}.{kind}")
+                         for p in ("q", "k", "v", "o") for kind in ("weight", "bias"))
+_LLAMA_MLP = tuple(_one(f"layers.{{}}.mlp.{p}_proj.{kind}", f"mlp.{p}.{kind}")
+                   for p in ("gate", "up", "down") for kind in ("weight", "bias"))
 
 LLAMA = Family(
     name="llama",
@@ -199,14 +218,13 @@ LLAMA = Family(
     ),
     layer=(
         _one("layers.{}.input_layernorm.weight", "attn_norm.weight"),
-        *(_one(f"layers.{{}}.self_attn.{p}_proj.{kind}", f"attn.{p}.{kind}")
-          for p in ("q", "k", "v", "o") for kind in ("weight", "bias")),
+        *_LLAMA_ATTENTION,
         _one("layers.{}.post_attention_layernorm.weight", "mlp_norm.weight"),
-        *(_one(f"layers.{{}}.mlp.{p}_proj.{kind}", f"mlp.{p}.{kind}")
-          for p in ("gate", "up", "down") for kind in ("weight", "bias")),
+        *_LLAMA_MLP,
     ),
     prefixes=("model.", ""),
     ignored=r"rotary_emb\.inv_freq$",
+    features=_features(),
 )
 
 QWEN3 = Family(  # LLaMA names plus a per-head QK-norm (q_norm, k_norm over head_dim, before RoPE)
@@ -215,16 +233,15 @@ QWEN3 = Family(  # LLaMA names plus a per-head QK-norm (q_norm, k_norm over head
     globals=LLAMA.globals,
     layer=(
         _one("layers.{}.input_layernorm.weight", "attn_norm.weight"),
-        *(_one(f"layers.{{}}.self_attn.{p}_proj.{kind}", f"attn.{p}.{kind}")
-          for p in ("q", "k", "v", "o") for kind in ("weight", "bias")),
+        *_LLAMA_ATTENTION,
         _one("layers.{}.self_attn.q_norm.weight", "attn.q_norm.weight"),
         _one("layers.{}.self_attn.k_norm.weight", "attn.k_norm.weight"),
         _one("layers.{}.post_attention_layernorm.weight", "mlp_norm.weight"),
-        *(_one(f"layers.{{}}.mlp.{p}_proj.{kind}", f"mlp.{p}.{kind}")  # no MLP biases in HF: never present
-          for p in ("gate", "up", "down") for kind in ("weight", "bias")),
+        *_LLAMA_MLP,  # no MLP biases in HF: never present
     ),
     prefixes=LLAMA.prefixes,
     ignored=LLAMA.ignored,
+    features=_features(qk_norm="head"),
 )
 
 OLMO2 = Family(  # no pre-norms: each sublayer's output is normed (post_attention_layernorm,
@@ -233,17 +250,16 @@ OLMO2 = Family(  # no pre-norms: each sublayer's output is normed (post_attentio
     model_types=("olmo2",),
     globals=LLAMA.globals,
     layer=(
-        *(_one(f"layers.{{}}.self_attn.{p}_proj.{kind}", f"attn.{p}.{kind}")
-          for p in ("q", "k", "v", "o") for kind in ("weight", "bias")),
+        *_LLAMA_ATTENTION,
         _one("layers.{}.self_attn.q_norm.weight", "attn.q_norm_all.weight"),
         _one("layers.{}.self_attn.k_norm.weight", "attn.k_norm_all.weight"),
         _one("layers.{}.post_attention_layernorm.weight", "attn_post_norm.weight"),
-        *(_one(f"layers.{{}}.mlp.{p}_proj.{kind}", f"mlp.{p}.{kind}")  # no MLP biases in HF: never present
-          for p in ("gate", "up", "down") for kind in ("weight", "bias")),
+        *_LLAMA_MLP,  # no MLP biases in HF: never present
         _one("layers.{}.post_feedforward_layernorm.weight", "mlp_post_norm.weight"),
     ),
     prefixes=LLAMA.prefixes,
     ignored=LLAMA.ignored,
+    features=_features(qk_norm="all", norm_position="post"),
 )
 
 # Gemma 2 and Gemma 3 (text): sandwich norms (input_layernorm, post_attention_layernorm around attention,
@@ -252,16 +268,16 @@ OLMO2 = Family(  # no pre-norms: each sublayer's output is normed (post_attentio
 # buffers, recomputed on load.
 _GEMMA_LAYER = (
     _one("layers.{}.input_layernorm.weight", "attn_norm.weight"),
-    *(_one(f"layers.{{}}.self_attn.{p}_proj.{kind}", f"attn.{p}.{kind}")
-      for p in ("q", "k", "v", "o") for kind in ("weight", "bias")),
+    *_LLAMA_ATTENTION,
     _one("layers.{}.self_attn.q_norm.weight", "attn.q_norm.weight"),  # Gemma 3 only (qk_norm: head)
     _one("layers.{}.self_attn.k_norm.weight", "attn.k_norm.weight"),
     _one("layers.{}.post_attention_layernorm.weight", "attn_post_norm.weight"),
     _one("layers.{}.pre_feedforward_layernorm.weight", "mlp_norm.weight"),
-    *(_one(f"layers.{{}}.mlp.{p}_proj.{kind}", f"mlp.{p}.{kind}")  # no MLP biases in HF: never present
-      for p in ("gate", "up", "down") for kind in ("weight", "bias")),
+    *_LLAMA_MLP,  # no MLP biases in HF: never present
     _one("layers.{}.post_feedforward_layernorm.weight", "mlp_post_norm.weight"),
 )
+# the softcaps and query_pre_attn_scalar are each checkpoint's own
+_GEMMA = dict(norm_offset=1.0, embed_scale=True, norm_position="sandwich")
 GEMMA2 = Family(
     name="gemma2",
     model_types=("gemma2",),
@@ -269,8 +285,11 @@ GEMMA2 = Family(
     layer=_GEMMA_LAYER,
     prefixes=LLAMA.prefixes,
     ignored=r"rotary_emb\.\w*inv_freq$|embed_tokens\.embed_scale$",
+    features=_features(("attn_softcap", "logit_softcap", "attn_scale"), **_GEMMA),
 )
-GEMMA3 = dataclasses.replace(GEMMA2, name="gemma3", model_types=("gemma3_text",))
+# Gemma 3's attention never applies attn_logit_softcapping (transformers 5.24 does not pass it on): null
+GEMMA3 = dataclasses.replace(GEMMA2, name="gemma3", model_types=("gemma3_text",), features=_features(
+    ("logit_softcap", "attn_scale", "rope_local_theta"), qk_norm="head", **_GEMMA))
 
 PHI3 = Family(  # LLaMA names, fused: qkv_proj = q | k | v (GQA), gate_up_proj = gate | up (`.chunk(2)`); no biases
     name="phi3",
@@ -286,8 +305,11 @@ PHI3 = Family(  # LLaMA names, fused: qkv_proj = q | k | v (GQA), gate_up_proj =
     ),
     prefixes=LLAMA.prefixes,
     ignored=LLAMA.ignored,
+    features=_features(("rotary_dims",)),
 )
 
+# Phi-3 and GPT-NeoX: the rotary width (partial_rotary_factor, rotary_pct) and GPT-NeoX's use_parallel_residual
+# are each checkpoint's own
 GPT_NEOX = Family(  # GPT-NeoX / Pythia: LayerNorms with biases, query_key_value interleaved head by head
     # ([q_j | k_j | v_j] for head j, as `.view(..., heads, 3 * head_size)` then `.chunk(3)` reads it), biased
     # dense layers, an untied head saved as embed_out (transformers 5 renames it lm_head on load)
@@ -318,6 +340,7 @@ GPT_NEOX = Family(  # GPT-NeoX / Pythia: LayerNorms with biases, query_key_value
     prefixes=("gpt_neox.", ""),
     # the rotary buffers and the causal-mask buffers (attention.bias, attention.masked_bias) of older checkpoints
     ignored=r"rotary_emb\.inv_freq$|(^|\.)attention\.(masked_)?bias$",
+    features=_features(("rotary_dims", "parallel_residual"), norm="layernorm"),
 )
 
 REFERENCE = Family(  # specgrow's own names: `specgrow.shape.tensor_name`
@@ -329,32 +352,4 @@ REFERENCE = Family(  # specgrow's own names: `specgrow.shape.tensor_name`
     ignored=r"(?!)",
 )
 
-def _features(**fixed) -> tuple[tuple[str, object], ...]:
-    """`PLAIN` with ``fixed`` over it, as sorted pairs."""
-    return tuple(sorted({**PLAIN, **fixed}.items()))
-
-
-PLAIN = {"qk_norm": "none", "norm_position": "pre", "norm_offset": 0.0, "embed_scale": False,
-         "attn_softcap": None, "logit_softcap": None, "attn_scale": None, "parallel_residual": False,
-         "rope_local_theta": None, "rotary_dims": None}
-GPT2 = dataclasses.replace(GPT2, features=_features(rope_scaling=()))
-LLAMA = dataclasses.replace(LLAMA, features=_features())
-QWEN3 = dataclasses.replace(QWEN3, features=_features(qk_norm="head"))
-OLMO2 = dataclasses.replace(OLMO2, features=_features(qk_norm="all", norm_position="post"))
-# Gemma: the softcaps and query_pre_attn_scalar are the checkpoint's (not fixed); Gemma 3's attention never
-# applies attn_logit_softcapping (transformers 5.24 does not pass it on), so its attn_softcap is null
-_GEMMA = dict(norm_offset=1.0, embed_scale=True, norm_position="sandwich")
-GEMMA2 = dataclasses.replace(GEMMA2, features=tuple(
-    item for item in _features(**_GEMMA) if item[0] not in ("attn_softcap", "logit_softcap", "attn_scale")))
-GEMMA3 = dataclasses.replace(GEMMA3, features=tuple(
-    item for item in _features(qk_norm="head", **_GEMMA) if item[0] not in ("logit_softcap", "attn_scale",
-                                                                             "rope_local_theta")))
-
-FAMILIES = {"reference": REFERENCE, "gpt2": GPT2, "llama": LLAMA, "qwen3": QWEN3, "olmo2": OLMO2}
-FAMILIES.update(gemma2=GEMMA2, gemma3=GEMMA3)
-# Phi-3 and GPT-NeoX: the rotary width (partial_rotary_factor, rotary_pct) and GPT-NeoX's use_parallel_residual
-# are the checkpoint's (not fixed); GPT-NeoX's norms are LayerNorms
-PHI3 = dataclasses.replace(PHI3, features=tuple(item for item in _features() if item[0] != "rotary_dims"))
-GPT_NEOX = dataclasses.replace(GPT_NEOX, features=tuple(
-    item for item in _features(norm="layernorm") if item[0] not in ("rotary_dims", "parallel_residual")))
-FAMILIES.update(phi3=PHI3, gpt_neox=GPT_NEOX)
+FAMILIES = {family.name: family for family in (REFERENCE, GPT2, LLAMA, QWEN3, OLMO2, GEMMA2, GEMMA3, PHI3, GPT_NEOX)}

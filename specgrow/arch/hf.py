@@ -453,7 +453,7 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
             "norm": "layernorm", "norm_eps": float(config.get("layer_norm_epsilon", 1e-5)),
             "activation": GPT2_ACTIVATIONS[activation], "position": "learned", "final_norm": True,
             "tie_embeddings": bool(config.get("tie_word_embeddings", True)), "bias": PROJECTIONS,
-            "qk_norm": "none", "norm_position": "pre",
+            **_fixed(family, "qk_norm", "norm_position"),
         }
     if family in ("gemma2", "gemma3"):
         return gemma_model(config, path, family)
@@ -489,10 +489,16 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
         "activation": "swiglu", "position": "rope", "rope_theta": theta,
         **({"rope_scaling": scaling} if scaling else {}),
         "final_norm": True, "tie_embeddings": bool(config.get("tie_word_embeddings", False)), "bias": bias,
-        "qk_norm": {"qwen3": "head", "olmo2": "all"}.get(family, "none"),
-        "norm_position": "post" if family == "olmo2" else "pre",
+        **_fixed(family, "qk_norm", "norm_position"),
         **(rotary_field(config, path, head_dim) if family == "phi3" else {}),
     }
+
+
+def _fixed(family: str, *names: str) -> dict:
+    """The values of the model fields ``names`` that every checkpoint of ``family`` has (its table's
+    `specgrow.arch.Family.features`), in that order."""
+    features = dict(FAMILIES[family].features)
+    return {name: features[name] for name in names}
 
 
 def mismatches(model, config: dict, path: str) -> list[tuple[str, object, object]]:
@@ -821,7 +827,7 @@ def neox_model(config: dict, path: str) -> dict:
         "activation": GPT2_ACTIVATIONS[activation], "position": "rope", "rope_theta": theta,
         **({"rope_scaling": scaling} if scaling else {}),
         "final_norm": True, "tie_embeddings": bool(_get(config, "tie_word_embeddings", False)),
-        "bias": attention + ("up", "down"), "qk_norm": "none", "norm_position": "pre",
+        "bias": attention + ("up", "down"), **_fixed("gpt_neox", "qk_norm", "norm_position"),
         **rotary_field(config, path, head_size),
         "parallel_residual": bool(_get(config, "use_parallel_residual", defaults["use_parallel_residual"])),
     }
@@ -881,8 +887,7 @@ def gemma_model(config: dict, path: str, family: str) -> dict:
         **({"rope_scaling": scaling} if scaling else {}),
         "final_norm": True, "tie_embeddings": bool(_get(config, "tie_word_embeddings", True)),
         "bias": PROJECTIONS[:4] if config.get("attention_bias") else (),  # q k v o; the MLP has none
-        "qk_norm": "head" if gemma3 else "none", "norm_position": "sandwich",
-        "norm_offset": 1.0, "embed_scale": True,
+        **_fixed(family, "qk_norm", "norm_position", "norm_offset", "embed_scale"),
         "attn_softcap": None if gemma3 or softcaps[0] is None else float(softcaps[0]),
         "logit_softcap": None if softcaps[1] is None else float(softcaps[1]),
         "attn_scale": float(_get(config, "query_pre_attn_scalar", defaults["query_pre_attn_scalar"])),

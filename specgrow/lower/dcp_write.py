@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from specgrow.arch import Stored, stored_segments, stored_shape
+from specgrow.arch import Stored, segments_of, stored_shape
 from specgrow.errors import CheckpointError, SpecgrowError
 from specgrow.lower.stream import bands
 
@@ -36,16 +36,11 @@ def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
     return start, min(rows, start + size)
 
 
-def stored_rows(source, stored: Stored, layer: int | None, start: int, stop: int, shape=None) -> torch.Tensor:
-    """Rows ``[start, stop)`` of a stored tensor (its roles' rows in stored order, `specgrow.arch.stored_segments`,
-    transposed if Conv1D). ``shape`` (the grown `ModelShape`) gives the heads of a `Stored.per_head` tensor."""
+def stored_rows(source, stored: Stored, layer: int | None, start: int, stop: int, shape) -> torch.Tensor:
+    """Rows ``[start, stop)`` of a stored tensor of ``shape`` (the grown `ModelShape`): its roles' rows in
+    stored order (`specgrow.arch.segments_of`), transposed if Conv1D."""
     keys = [(role, layer) for role in stored.roles]
-    heads = None
-    if stored.per_head:
-        if shape is None:
-            raise ValueError(f"{stored.template} interleaves its roles head by head: stored_rows needs the model shape")
-        heads = shape.layers[layer].heads
-    segments = stored_segments(stored, [source.shape(key)[0] for key in keys], heads)
+    segments = segments_of(stored, shape, layer)
     if stored.transposed:  # stored rows are the roles' columns: read every role a band at a time
         columns = {key: torch.cat([source.rows(key, a, b)[:, start:stop] for a, b in bands(source, key)])
                    for key in keys}

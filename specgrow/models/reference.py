@@ -85,13 +85,11 @@ class Attention(nn.Module):
         self.k = nn.Linear(hidden, s.kv_heads * s.key, bias="k" in bias)
         self.v = nn.Linear(hidden, s.kv_heads * s.value, bias="v" in bias)
         self.o = nn.Linear(s.heads * s.value, hidden, bias="o" in bias)
-        widths = {"head": (s.key, s.key), "all": (s.heads * s.key, s.kv_heads * s.key)}.get(shape.qk_norm)
-        self.qk_norms = ()  # named as their roles: attn.q_norm / attn.k_norm (head), attn.q_norm_all / ... (all)
-        if widths:
-            for role, width in zip(QK_NORM_GAINS[shape.qk_norm], widths):
-                name = role.split(".")[1]
-                setattr(self, name, Norm(width, "rmsnorm", shape.norm_eps, shape.norm_offset))
-            self.qk_norms = tuple(role.split(".")[1] for role in QK_NORM_GAINS[shape.qk_norm])
+        widths = {"head": (s.key, s.key), "all": (s.heads * s.key, s.kv_heads * s.key)}.get(shape.qk_norm, ())
+        # named as their roles: attn.q_norm / attn.k_norm (head), attn.q_norm_all / attn.k_norm_all (all)
+        self.qk_norms = tuple(role.split(".")[1] for role in QK_NORM_GAINS.get(shape.qk_norm, ()))
+        for name, width in zip(self.qk_norms, widths):
+            setattr(self, name, Norm(width, "rmsnorm", shape.norm_eps, shape.norm_offset))
 
     def forward(self, x):
         gains = [getattr(self, name).weight for name in self.qk_norms] or [None, None]

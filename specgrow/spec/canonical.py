@@ -480,7 +480,7 @@ def _model(doc: Document, raw: dict) -> ModelSpec:
         bias=_biases(raw.get("bias", False)),
         qk_norm=raw.get("qk_norm", "none"),
         norm_position=raw.get("norm_position", "pre"),
-        rope_scaling=_rope_scaling(doc, raw.get("rope_scaling")),
+        rope_scaling=_rope_scaling(raw.get("rope_scaling")),
         norm_offset=float(raw.get("norm_offset", 0)),
         embed_scale=raw.get("embed_scale", False),
         attn_softcap=_optional_float(raw.get("attn_softcap")),
@@ -532,7 +532,7 @@ def _optional_float(value):
     return None if value is None else float(value)
 
 
-def _rope_scaling(doc: Document, raw) -> tuple:
+def _rope_scaling(raw) -> tuple:
     """The rope scaling as sorted (key, value) pairs, numbers as floats but the context length."""
     if raw is None:
         return ()

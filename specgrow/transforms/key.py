@@ -47,7 +47,7 @@ def compile_step(step, shape, ctx):
         for role, (space, heads, fill) in targets.items():
             if not shape.has_role(role):
                 continue
-            scale = factor if step.rescale == space and role.startswith(("attn.q.", "attn.k.")) else 1
+            scale = factor if step.rescale == space else 1  # the QK-norm gains' space, head, is neither side
             segments = _segments(step.placement, heads, new, fill, scale, step.to // old)
             grow = {space: (heads * new, segments)}
             edits.append(grow_tensor(ctx, shape, role, i, grow, dims))

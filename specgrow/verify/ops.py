@@ -155,7 +155,7 @@ class Rope(_Op):
 
 
 # ------------------------------------------------------------------ lemma rules
-def _all_zero(m) -> bool:
+def all_zero(m) -> bool:
     """Whether ``m`` is the zero matrix, or a block matrix of zero blocks."""
     return isinstance(m, ZeroMatrix) or isinstance(m, BlockMatrix) and all(isinstance(b, ZeroMatrix) for b in m.blocks)
 
@@ -163,7 +163,7 @@ def _all_zero(m) -> bool:
 def _nan(x, eps) -> bool:
     """A norm of an all-zero input with eps 0 is 0/0: NaN, whatever its gain; no rule rewrites it
     (the sublayers refuse to build one in the grown model: `sublayers.NaNNorm`)."""
-    return eps == 0 and _all_zero(x)
+    return eps == 0 and all_zero(x)
 
 
 def r_rmsnorm(e, trace):
@@ -173,7 +173,7 @@ def r_rmsnorm(e, trace):
     if isinstance(g, ZeroMatrix):
         trace.lemma("zero_gain")
         return ZeroMatrix(*e.shape)
-    if _all_zero(x) and eps != 0:
+    if all_zero(x) and eps != 0:
         trace.lemma("norm_of_zero")
         return ZeroMatrix(*e.shape)
     c, g0 = _split_scalar(g)
@@ -203,7 +203,7 @@ def r_layernorm(e, trace):
     x, g, b, eps = e.args
     if _nan(x, eps):
         return e
-    if isinstance(g, ZeroMatrix) or _all_zero(x) and eps != 0:
+    if isinstance(g, ZeroMatrix) or all_zero(x) and eps != 0:
         trace.lemma("zero_gain" if isinstance(g, ZeroMatrix) else "norm_of_zero")
         return ZeroMatrix(*e.shape) if isinstance(b, ZeroMatrix) else mul(OneMatrix(x.shape[0], 1), b)
     cg, g0 = _split_scalar(g)
@@ -223,7 +223,7 @@ def r_headnorm(e, trace):
     x, g, eps, width = e.args
     if _nan(x, eps):
         return e
-    if isinstance(g, ZeroMatrix) or _all_zero(x) and eps != 0:
+    if isinstance(g, ZeroMatrix) or all_zero(x) and eps != 0:
         trace.lemma("head_norm_split")
         return ZeroMatrix(*e.shape)
     c, g0 = _split_scalar(g)

@@ -15,7 +15,7 @@ from specgrow.ir import sym
 from specgrow.transforms.common import SPACE_SIZE
 from specgrow.verify.algebra import Trace, add, apply_fn, collapse, elementwise_fn, mul, softcap_fn
 from specgrow.verify.build import Stuck, symbolize
-from specgrow.verify.ops import LEMMAS, HeadNorm, Heads, LayerNorm, RMSNorm, Rope, Softmax
+from specgrow.verify.ops import LEMMAS, HeadNorm, Heads, LayerNorm, RMSNorm, Rope, Softmax, all_zero
 from specgrow.rope import WIDTH_DEPENDENT
 from specgrow.shape import GATED, GLOBAL_ROLES, LAYER_ROLES, QK_NORM_GAINS
 from specgrow.ir import Grouped
@@ -82,11 +82,8 @@ class NaNNorm(Exception):
 
 def _finite(x, eps, what):
     """``x``, after checking that the grown model's norm ``what`` with ``eps`` is not 0/0."""
-    if eps == 0:
-        from specgrow.verify.ops import _all_zero
-
-        if _all_zero(collapse(x, Trace(), extra=LEMMAS)):
-            raise NaNNorm(f"{what} of an all-zero input with eps 0 is 0/0 (NaN), and NaN * 0 is NaN")
+    if eps == 0 and all_zero(collapse(x, Trace(), extra=LEMMAS)):
+        raise NaNNorm(f"{what} of an all-zero input with eps 0 is 0/0 (NaN), and NaN * 0 is NaN")
     return x
 
 
@@ -125,7 +122,8 @@ def qk_norm_whole(w, q, k_, key_new, eps_new):
     if w.shape.qk_norm == "none":
         return q, k_
     (gq_new, gq_old), (gk_new, gk_old) = (gains(w, role) for role in QK_NORM_GAINS[w.shape.qk_norm])
-    _finite(q[0], eps_new, "the query norm"), _finite(k_[0], eps_new, "the key norm")
+    _finite(q[0], eps_new, "the query norm")
+    _finite(k_[0], eps_new, "the key norm")
     if w.shape.qk_norm == "head":
         return ((HeadNorm(q[0], gq_new, eps_new, key_new), HeadNorm(q[1], gq_old, EPS, k)),
                 (HeadNorm(k_[0], gk_new, eps_new, key_new), HeadNorm(k_[1], gk_old, EPS, k)))
@@ -141,7 +139,8 @@ def qk_norm_head(w, q, k_, x_new, x_old, eps_new):
         return q, k_
     if w.shape.qk_norm == "head":
         (gq_new, gq_old), (gk_new, gk_old) = (gains(w, role) for role in QK_NORM_GAINS["head"])
-        _finite(q[0], eps_new, "the query norm"), _finite(k_[0], eps_new, "the key norm")
+        _finite(q[0], eps_new, "the query norm")
+        _finite(k_[0], eps_new, "the key norm")
         return ((RMSNorm(q[0], gq_new, eps_new), RMSNorm(q[1], gq_old, EPS)),
                 (RMSNorm(k_[0], gk_new, eps_new), RMSNorm(k_[1], gk_old, EPS)))
     reads = ("attn_norm.", "attn.q.", "attn.k.", *QK_NORM_GAINS["all"])
