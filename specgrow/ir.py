@@ -17,6 +17,8 @@ block:
 ``Old(sel, s, noise,    ``s * old[sel] + t + sign * std * Z_noise`` (the noise's own seed: two
 shift t)``              blocks with one seed and one shape draw equal values, so ±std cancel;
                         ``t`` is 0 but for (1+w) norm gains rescaled by s: ``t = s - 1``)
+``Old`` with fewer axes  the selection of the old tensor's own axes, the same in every index of
+than the block          the block's leading axis (a dense MLP repeated into each expert)
 ``Const(c)``            ``c``
 ``Random(normal, s)``   ``s * Z``
 ``Random(uniform, a)``  ``a * U``
@@ -46,7 +48,7 @@ from typing import Any, Union
 
 Expr = Any  # a sympy.Expr in symbolic form, int/float once concrete
 
-NAMES = ("h", "dh", "V", "T", "p", "dp", "G", "dG", "r", "k", "dk", "v", "dv")
+NAMES = ("h", "dh", "V", "T", "p", "dp", "G", "dG", "r", "k", "dk", "v", "dv", "E", "dE")
 
 
 @functools.lru_cache(maxsize=None)

@@ -51,7 +51,16 @@ LAYER_ROLES: dict[str, tuple[str, ...]] = {
     "mlp.down.bias": ("residual",),
     "mlp_post_norm.weight": ("residual",),
     "mlp_post_norm.bias": ("residual",),
+    # mixture-of-experts layers (`LayerShape.experts` > 0) in place of up/gate/down: the router's logits and
+    # every expert's projections packed along a leading experts axis (the expert's width is the layer's mlp)
+    "mlp.router.weight": ("experts", "residual"),
+    "mlp.experts.up.weight": ("experts", "mlp", "residual"),
+    "mlp.experts.gate.weight": ("experts", "mlp", "residual"),
+    "mlp.experts.down.weight": ("experts", "residual", "mlp"),
 }
+EXPERT_ROLES = ("mlp.router.weight", "mlp.experts.up.weight", "mlp.experts.gate.weight", "mlp.experts.down.weight")
+DENSE_MLP_ROLES = ("mlp.up.weight", "mlp.up.bias", "mlp.gate.weight", "mlp.gate.bias", "mlp.down.weight",
+                   "mlp.down.bias")
 # QK-norm gains (RMSNorm, the model's one eps): per head over the key width (`qk_norm: head`,
 # Qwen3, Gemma 3), or over all heads' queries / keys at once (`qk_norm: all`, OLMo 2).
 QK_NORM_GAINS = {"head": ("attn.q_norm.weight", "attn.k_norm.weight"),
@@ -75,6 +84,8 @@ class LayerShape:
     key: int
     value: int
     attention: str = "full_attention"  # or "sliding_attention": RoPE with the model's rope_local_theta
+    experts: int = 0  # a mixture of experts (mlp: each expert's width) routed to top_k of them; 0: a dense MLP
+    top_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,13 +114,18 @@ class ModelShape:
     rope_local_theta: float | None = None  # RoPE base of sliding-attention layers (unscaled); None: rope_theta
     rotary_dims: int | None = None  # partial rotary: the first rotary_dims columns of each head turn; None: all
     parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX)
+    renormalize: bool = False  # MoE routing: softmax, top-k, then the k weights rescaled to sum 1 (norm_topk_prob)
 
     @classmethod
     def from_spec(cls, model) -> ModelShape:
         """The starting shape of a `specgrow.spec.ModelSpec`."""
         d = model.dims
-        layers = tuple(LayerShape(d.mlp, d.heads, d.kv_heads, d.key, d.value, kind)
-                       for kind in (model.layer_types or ("full_attention",) * d.layers))
+        kinds = model.layer_types or ("full_attention",) * d.layers
+        layers = tuple(LayerShape(d.mlp, d.heads, d.kv_heads, d.key, d.value, kind) for kind in kinds)
+        if model.experts:
+            layers = tuple(layer if i in model.dense_layers else
+                           replace(layer, mlp=model.expert_mlp, experts=model.experts, top_k=model.top_k)
+                           for i, layer in enumerate(layers))
         return cls(
             hidden=d.hidden, vocab=d.vocab, positions=d.positions, layers=layers,
             norm=model.norm, norm_eps=model.norm_eps, activation=model.activation,
@@ -119,7 +135,7 @@ class ModelShape:
             norm_offset=model.norm_offset, embed_scale=model.embed_scale, attn_softcap=model.attn_softcap,
             logit_softcap=model.logit_softcap, attn_scale=model.attn_scale,
             rope_local_theta=model.rope_local_theta, rotary_dims=model.rotary_dims,
-            parallel_residual=model.parallel_residual,
+            parallel_residual=model.parallel_residual, renormalize=model.renormalize,
         )
 
     def rope_of(self, layer: LayerShape) -> tuple[float, tuple]:
@@ -133,8 +149,14 @@ class ModelShape:
         return replace(self, layers=tuple(layers))
 
     # ------------------------------------------------------------ tensors
-    def has_role(self, role: str) -> bool:
-        """Whether this model has a tensor of this role (in any layer)."""
+    def has_role(self, role: str, layer: int | None = None) -> bool:
+        """Whether this model has a tensor of this role: in layer ``layer``, or in any layer when None."""
+        if role in EXPERT_ROLES or role in DENSE_MLP_ROLES:
+            moe = [s.experts > 0 for s in (self.layers if layer is None else (self.layers[layer],))]
+            if not (any(moe) if role in EXPERT_ROLES else not all(moe)):
+                return False
+            if role == "mlp.experts.gate.weight":
+                return self.activation in GATED
         if role.endswith(".bias") and not role.endswith("norm.bias"):
             if role.split(".")[1] not in self.bias:
                 return False
@@ -162,7 +184,7 @@ class ModelShape:
             s = self.layers[layer]
             sizes.update(
                 mlp=s.mlp, head=s.key, q=s.heads * s.key, k=s.kv_heads * s.key,
-                v=s.kv_heads * s.value, o=s.heads * s.value,
+                v=s.kv_heads * s.value, o=s.heads * s.value, experts=s.experts,
             )
         return sizes
 
@@ -174,7 +196,7 @@ class ModelShape:
     def tensor_keys(self) -> list[TensorKey]:
         keys: list[TensorKey] = [(r, None) for r in GLOBAL_ROLES if self.has_role(r)]
         for i in range(len(self.layers)):
-            keys += [(r, i) for r in LAYER_ROLES if self.has_role(r)]
+            keys += [(r, i) for r in LAYER_ROLES if self.has_role(r, i)]
         return keys
 
     def tensor_shapes(self) -> dict[TensorKey, tuple[int, ...]]:
@@ -217,9 +239,11 @@ class ModelShape:
             "rope_local_theta": self.rope_local_theta,
             "rotary_dims": self.rotary_dims,
             "parallel_residual": self.parallel_residual,
+            "renormalize": self.renormalize,
             "layers": [
                 {"mlp": s.mlp, "heads": s.heads, "kv_heads": s.kv_heads, "key": s.key, "value": s.value,
-                 **({"attention": s.attention} if s.attention != "full_attention" else {})}
+                 **({"attention": s.attention} if s.attention != "full_attention" else {}),
+                 **({"experts": s.experts, "top_k": s.top_k} if s.experts else {})}
                 for s in self.layers
             ],
         }

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from specgrow.lower.stream import StateSource, bands, whole
-from specgrow.models.reference import activate, attend, normalize, softcap, sublayer
+from specgrow.models.reference import activate, attend, mixture, normalize, softcap, sublayer
 from specgrow.shape import GATED, QK_NORM_GAINS, ModelShape
 
 TOLERANCE = {  # dtype -> (atol, rtol)
@@ -83,7 +83,17 @@ def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes:
         heads = attend(linear(h, "attn.q", i), linear(h, "attn.k", i), linear(h, "attn.v", i), s, shape, *gains)
         return linear(heads, "attn.o", i)
 
+    def experts(h, i, s):
+        def expert(e, xs):  # one expert's tensors read at a time
+            w = {role: source.rows((f"mlp.experts.{role}.weight", i), e, e + 1)[0].to(device).float()
+                 for role in ("up", "gate", "down") if shape.has_role(f"mlp.experts.{role}.weight", i)}
+            return activate(shape.activation, xs @ w["up"].T, xs @ w["gate"].T if "gate" in w else None) @ w["down"].T
+
+        return mixture(h, linear(h, "mlp.router", i), s.top_k, shape.renormalize, expert)
+
     def mlp(h, i):
+        if shape.layers[i].experts:
+            return experts(h, i, shape.layers[i])
         gate = linear(h, "mlp.gate", i) if shape.activation in GATED else None
         return linear(activate(shape.activation, linear(h, "mlp.up", i), gate), "mlp.down", i)
 

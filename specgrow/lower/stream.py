@@ -186,12 +186,17 @@ class StepSource:
             if j0 == j1:
                 continue
             if isinstance(block.source, Old):
-                wanted = positions(block.source.index[0])[j0:j1]
+                repeated = len(block.where) - len(block.source.index)  # 1: the old selection repeats along axis 0
+                wanted = positions(block.source.index[0])
+                wanted = wanted if repeated else wanted[j0:j1]
                 low = int(wanted.min())
                 request = (level - 1, edit.source, low, int(wanted.max()) + 1)
                 band = self._measured.get(request)
                 band = (yield request) if band is None else band
-                value = self._copy(block, band.to(self.device), wanted - low, j0, j1, compute)
+                if repeated:
+                    value = self._copy_repeated(block, band.to(self.device), wanted - low, j1 - j0, compute)
+                else:
+                    value = self._copy(block, band.to(self.device), wanted - low, j0, j1, compute)
             else:
                 value = self._fill(level, block, j0, j1, compute)
             if out is None:
@@ -240,6 +245,19 @@ class StepSource:
             noise = self._draw(src.noise.seed, "normal", block, j0, j1, tail).to(compute)
             value = value + src.noise.sign * src.noise.std * noise
         return value
+
+    def _copy_repeated(self, block, band: torch.Tensor, rows, count: int, compute: torch.dtype) -> torch.Tensor:
+        """``count`` rows of an ``Old`` block whose selection covers the old tensor's axes only: the same
+        selection (times scale, plus shift) in each row of the block's leading axis (`specgrow.ir.Old`)."""
+        src = block.source
+        if len(block.where) - len(src.index) != 1 or src.noise is not None:
+            raise ValueError("an old selection repeats along the leading axis only, without noise")
+        value = band[as_slice(rows, self.device)]
+        for axis, sel in enumerate(src.index[1:], start=1):
+            value = value[(slice(None),) * axis + (indices(sel, self.device),)]
+        if src.scale != 1 or src.shift != 0:
+            value = value.to(compute) * src.scale + src.shift
+        return value.unsqueeze(0).expand(count, *value.shape)
 
     def _draw(self, seed: int, kind: str, block, j0: int, j1: int, tail) -> torch.Tensor:
         """Rows ``j0:j1`` of the block's draw, made tile by tile (independent of banding)."""

@@ -136,6 +136,60 @@ class MLP(nn.Module):
         return self.down(activate(self.activation, self.up(x), gate))
 
 
+class _Packed(nn.Module):
+    """One packed expert tensor: ``weight`` of shape (experts, out, in)."""
+
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(*shape))
+
+
+class MoE(nn.Module):
+    """A mixture of experts: a bias-free router, softmax over all experts, the top_k of them per
+    token (their weights renormalised to sum 1 with ``renormalize``), each a bias-free MLP."""
+
+    def __init__(self, hidden: int, s: LayerShape, activation: str, renormalize: bool):
+        super().__init__()
+        self.activation, self.top_k, self.renormalize = activation, s.top_k, renormalize
+        self.router = nn.Linear(hidden, s.experts, bias=False)
+        self.experts = nn.Module()
+        self.experts.up = _Packed(s.experts, s.mlp, hidden)
+        self.experts.gate = _Packed(s.experts, s.mlp, hidden) if activation in GATED else None
+        self.experts.down = _Packed(s.experts, hidden, s.mlp)
+
+    def forward(self, x):
+        e = self.experts
+
+        def expert(i, xs):
+            gate = xs @ e.gate.weight[i].T if e.gate is not None else None
+            return activate(self.activation, xs @ e.up.weight[i].T, gate) @ e.down.weight[i].T
+
+        return mixture(x, self.router(x), self.top_k, self.renormalize, expert)
+
+
+def route(logits, top_k: int, renormalize: bool):
+    """(weights, experts) of each token, (..., top_k) each: softmax over every expert's logit in float32
+    (or wider), the top_k probabilities, rescaled to sum 1 with ``renormalize`` (as transformers' Mixtral
+    and Qwen3-MoE do); weights in the logits' dtype."""
+    probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
+    weights, experts = probs.topk(top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(-1, keepdim=True)
+    return weights.to(logits.dtype), experts
+
+
+def mixture(x, logits, top_k: int, renormalize: bool, expert):
+    """Each token's sum of ``expert(i, tokens)`` over its routed experts, times their weights; each expert
+    runs only on the tokens routed to it (``expert(i, xs)`` maps (n, h) to (n, h))."""
+    weights, chosen = route(logits, top_k, renormalize)
+    flat, w, c = x.reshape(-1, x.shape[-1]), weights.reshape(-1, top_k), chosen.reshape(-1, top_k)
+    out = torch.zeros_like(flat)
+    for i in torch.unique(c).tolist():
+        token, slot = (c == i).nonzero(as_tuple=True)
+        out.index_add_(0, token, expert(i, flat[token]) * w[token, slot, None])
+    return out.reshape(x.shape)
+
+
 def activate(activation: str, up, gate=None):
     """The MLP's hidden units: ``act(up)``, or ``act(gate) * up`` for a gated MLP (swiglu: silu,
     geglu_tanh: gelu_tanh)."""
@@ -153,7 +207,8 @@ class Layer(nn.Module):
         self.attn_norm, self.attn_post_norm = norm(pre), norm(post)
         self.attn = Attention(shape, s)
         self.mlp_norm, self.mlp_post_norm = norm(pre), norm(post)
-        self.mlp = MLP(h, s.mlp, shape.activation, shape.bias)
+        self.mlp = MoE(h, s, shape.activation, shape.renormalize) if s.experts else \
+            MLP(h, s.mlp, shape.activation, shape.bias)
         self.parallel = shape.parallel_residual
 
     def forward(self, x):
@@ -211,7 +266,7 @@ def random_state(shape: ModelShape, seed: int, dtype=torch.float32) -> dict[str,
         elif role in ("embed.weight", "pos.weight"):
             value = noise
         else:
-            value = noise / math.sqrt(dims[1])
+            value = noise / math.sqrt(dims[-1])
         state[tensor_name(role, layer)] = value.to(dtype)
     return state
 

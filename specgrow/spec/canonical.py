@@ -18,6 +18,7 @@ from specgrow.spec.schema import format_path
 from specgrow.spec.types import (
     DEFAULT_INIT,
     Dims,
+    ExpertsStep,
     HeadsStep,
     HiddenStep,
     Init,
@@ -35,6 +36,7 @@ from specgrow.spec.types import (
     Stage,
     Step,
     Uniform,
+    UpcycleStep,
     ValueStep,
     Written,
     Zeros,
@@ -45,11 +47,12 @@ MAX_LAYERS = 4096
 MODEL_FIELDS = ("arch", "dims", *(f"dims.{f.name}" for f in fields(Dims)), "norm", "norm_eps", "activation",
                 "position", "rope_theta", "final_norm", "tie_embeddings", "bias", "qk_norm", "norm_position",
                 "rope_scaling", "norm_offset", "embed_scale", "attn_softcap", "logit_softcap", "attn_scale",
-                "layer_types", "rope_local_theta", "rotary_dims", "parallel_residual")
+                "layer_types", "rope_local_theta", "rotary_dims", "parallel_residual", "moe", "moe.experts",
+                "moe.top_k", "moe.width", "moe.renormalize", "moe.dense_layers")
 # the widths each step kind changes: a shape a HF config cannot express is blamed on the last step
 # that changed one of the widths involved
 CHANGES = {"mlp": ("mlp",), "heads": ("heads", "kv_heads"), "value": ("value",), "key": ("key",),
-           "hidden": ("hidden",), "layers": ()}
+           "hidden": ("hidden",), "layers": (), "experts": ("experts", "mlp"), "upcycle": ("experts",)}
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,9 @@ def build_spec(doc: Document, source: bytes) -> Spec:
     _family_features(doc, data["model"], model)
     dims = model.dims
     layer = LayerShape(dims.mlp, dims.heads, dims.kv_heads, dims.key, dims.value)  # widths: the type plays no part
-    grower = _Grower(doc, model, Shape(dims.hidden, (layer,) * dims.layers))
+    moe = replace(layer, mlp=model.expert_mlp, experts=model.experts, top_k=model.top_k)
+    layers = tuple(moe if model.experts and i not in model.dense_layers else layer for i in range(dims.layers))
+    grower = _Grower(doc, model, Shape(dims.hidden, layers))
     if model.arch != "reference":
         problem = _family_problem(model.arch, grower.shape, "the original model")
         if problem is not None:
@@ -173,23 +178,33 @@ def uniform_steps(shape: Shape):
     layers that are narrower than the widest with the step's preserving defaults.
     """
     for kind in ("mlp", "heads", "value", "key"):
-        widths = [getattr(layer, kind) for layer in shape.layers]
-        target = max(widths)
-        short: dict[int, list[int]] = {}
-        for i, width in enumerate(widths):
-            if width < target:
-                short.setdefault(target - width, []).append(i)
-        for missing, layers in sorted(short.items()):
-            if kind == "heads":
-                yield kind, {"add": missing, "layers": layers}
-            else:
-                yield kind, {"to": target, "layers": layers}
+        # dense MLPs and experts have widths of their own (HF intermediate_size, moe_intermediate_size)
+        groups = [[i for i, s in enumerate(shape.layers) if bool(s.experts) == moe] for moe in (False, True)] \
+            if kind == "mlp" else [list(range(len(shape.layers)))]
+        for group in groups:
+            if not group:
+                continue
+            widths = {i: getattr(shape.layers[i], kind) for i in group}
+            target = max(widths.values())
+            short: dict[int, list[int]] = {}
+            for i, width in widths.items():
+                if width < target:
+                    short.setdefault(target - width, []).append(i)
+            for missing, layers in sorted(short.items()):
+                if kind == "heads":
+                    yield kind, {"add": missing, "layers": layers}
+                else:
+                    yield kind, {"to": target, "layers": layers}
 
 
 def _family_problem(arch: str, shape: Shape, model: str) -> tuple[tuple[str, ...], str] | None:
     """The first width a HuggingFace config cannot express, as (the widths involved, the message):
     one head_dim; hidden divisible by heads (LLaMA, Gemma), equal to heads x head_dim (GPT-2, GPT-NeoX). Phi-3
     writes head_dim, so any hidden fits. ``model`` names the model checked, e.g. "the grown model"."""
+    moe = {(s.experts, s.top_k) for s in shape.layers if s.experts}
+    if len(moe) > 1:
+        return ("experts",), (f"{arch} configs have one number of experts and one top_k for every MoE layer: "
+                              f"{model} has (experts, top_k) {sorted(moe)}; grow every MoE layer alike")
     for i, layer in enumerate(shape.layers):
         if layer.key != layer.value:
             return ("key", "value"), (f"{arch} has one head_dim for queries, keys and values: grow key and value "
@@ -365,9 +380,72 @@ class _Checker:
         step = LayersStep(add, at, self.init(path, "layers", raw))
         return step, replace(shape, layers=grown)
 
+    def experts(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[ExpertsStep, Shape]:
+        to, method = raw["to"], raw.get("method", "duplicate")
+        layers = self.select(path, raw, shape, default=[i for i, s in enumerate(shape.layers) if s.experts])
+        noise = float(raw.get("noise", 0))
+        if noise > 0 and method != "duplicate":
+            raise self.fail(path + ("noise",), f"noise needs method duplicate, found noise {noise} with method {method}")
+        if "init" in raw and method != "add":
+            raise self.fail(path + ("init",), f"init fills new experts: only with method add, found method {method}",
+                            at_key=True)
+        if not layers:
+            raise self.fail(path, "the model has no MoE layer here (upcycle dense layers first)")
+        grown = list(shape.layers)
+        top_k = None
+        for i in layers:
+            layer = shape.layers[i]
+            if not layer.experts:
+                raise self.fail(path + ("layers",), f"layer {i} has a dense MLP, not experts (upcycle it first)")
+            if to <= layer.experts:
+                raise self.fail(path + ("to",), f"must grow every selected layer: layer {i} has {layer.experts} "
+                                                f"experts, found to: {to}")
+            m = to // layer.experts
+            if method != "add" and to % layer.experts:
+                raise self.fail(path + ("to",), f"method {method} needs a multiple of the experts: layer {i} has "
+                                                f"{layer.experts}, found to: {to}")
+            if method == "split" and layer.mlp % m:
+                raise self.fail(path + ("to",), f"method split cuts each expert's width into {m}: layer {i} has "
+                                                f"experts of width {layer.mlp}, not divisible by {m}")
+            want = layer.top_k if method == "add" else layer.top_k * m
+            k = raw.get("top_k", want)
+            if k > to:
+                raise self.fail(path + ("top_k",), f"expected at most the {to} experts, found {k}")
+            top_k = k
+            grown[i] = replace(layer, experts=to, top_k=k, mlp=layer.mlp // m if method == "split" else layer.mlp)
+        step = ExpertsStep(to, layers, method, top_k, noise, self.init(path, "experts", raw))
+        return step, replace(shape, layers=tuple(grown))
+
+    def upcycle(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[UpcycleStep, Shape]:
+        experts, top_k = raw["experts"], raw["top_k"]
+        layers = self.select(path, raw, shape, default=[i for i, s in enumerate(shape.layers) if not s.experts])
+        if top_k > experts:
+            raise self.fail(path + ("top_k",), f"expected at most the {experts} experts, found {top_k}")
+        if not layers:
+            raise self.fail(path, "every layer already has experts")
+        for i in layers:
+            if shape.layers[i].experts:
+                raise self.fail(path + ("layers",), f"layer {i} already has experts")
+        others = {s.experts for s in shape.layers if s.experts}
+        have = self.model.renormalize if self.model.experts or others else None
+        renormalize = raw.get("renormalize", True if have is None else have)
+        if have is not None and renormalize != have:
+            raise self.fail(path + ("renormalize",), f"the model's MoE layers have renormalize: {str(have).lower()}, "
+                                                     "one setting for every layer (HF norm_topk_prob)")
+        if self.model.bias and any(b in self.model.bias for b in ("up", "gate", "down")):
+            raise self.fail(path, "experts carry no bias: the model's MLP has biases (" +
+                            ", ".join(b for b in self.model.bias if b in ("up", "gate", "down")) + ")")
+        grown = tuple(replace(s, experts=experts, top_k=top_k) if i in layers else s
+                      for i, s in enumerate(shape.layers))
+        step = UpcycleStep(experts, top_k, renormalize, layers, self.init(path, "upcycle", raw))
+        if isinstance(step.init_for("router"), LikeOld):
+            raise self.fail(path + ("init", "router"), "like_old needs an old tensor: a dense layer has no router "
+                                                       "(zeros, or normal / uniform)")
+        return step, replace(shape, layers=grown)
+
     # ------------------------------------------------------------ shared checks
-    def select(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[int, ...]:
-        """`layers` as a sorted tuple of valid indices (every layer when not given)."""
+    def select(self, path: KeyPath, raw: dict, shape: Shape, default=None) -> tuple[int, ...]:
+        """`layers` as a sorted tuple of valid indices (``default``, else every layer, when not given)."""
         count = len(shape.layers)
         for position, index in enumerate(raw.get("layers", ())):
             if index >= count:
@@ -376,7 +454,7 @@ class _Checker:
                     f"expected a layer index below {count} (the model has {count} layers here), "
                     f"found {index}",
                 )
-        return tuple(sorted(raw.get("layers", range(count))))
+        return tuple(sorted(raw.get("layers", range(count) if default is None else default)))
 
     def method_and_noise(self, path: KeyPath, raw: dict) -> tuple[str, float]:
         method, noise = raw.get("method", "zero"), float(raw.get("noise", 0))
@@ -490,7 +568,27 @@ def _model(doc: Document, raw: dict) -> ModelSpec:
         rope_local_theta=_optional_float(raw.get("rope_local_theta")),
         rotary_dims=_rotary_dims(doc, raw, position, key),
         parallel_residual=raw.get("parallel_residual", False),
+        **_moe(doc, raw, dims),
     )
+
+
+def _moe(doc: Document, raw: dict, dims: dict) -> dict:
+    """The `ModelSpec` fields of ``model.moe`` (none for a dense model)."""
+    moe = raw.get("moe")
+    if moe is None:
+        return {}
+    at = ("model", "moe")
+    if moe["top_k"] > moe["experts"]:
+        raise _fail(doc, at + ("top_k",), f"expected at most the {moe['experts']} experts, found {moe['top_k']}")
+    dense = tuple(sorted(moe.get("dense_layers", ())))
+    for position, index in enumerate(moe.get("dense_layers", ())):
+        if index >= dims["layers"]:
+            raise _fail(doc, at + ("dense_layers", position),
+                        f"expected a layer index below {dims['layers']}, found {index}")
+    if "bias" in raw and set(_biases(raw["bias"])) & {"up", "gate", "down"}:
+        raise _fail(doc, ("model", "bias"), "experts carry no bias: list only attention projections with moe")
+    return {"experts": moe["experts"], "top_k": moe["top_k"], "expert_mlp": moe.get("width", dims["mlp"]),
+            "renormalize": moe.get("renormalize", False), "dense_layers": dense}
 
 
 def _rotary_dims(doc: Document, raw: dict, position: str, key: int) -> int | None:

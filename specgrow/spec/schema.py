@@ -17,7 +17,7 @@ from specgrow.spec.yaml_loader import Document, KeyPath
 
 SCHEMA_FILE = Path(__file__).with_name("specgrow-v1.schema.json")
 MAX_ERRORS = 100
-STEP_KINDS = ("mlp", "heads", "value", "key", "hidden", "layers")
+STEP_KINDS = ("mlp", "heads", "value", "key", "hidden", "layers", "experts", "upcycle")
 INIT_FORMS = "zeros, ones, {normal: STD}, {uniform: A} or {like_old: FACTOR} (numbers >= 0)"
 TYPE_NAMES = {
     "integer": "an integer",

@@ -90,6 +90,13 @@ class ModelSpec:
     rope_local_theta: float | None = None  # RoPE base of sliding-attention layers
     rotary_dims: int | None = None  # partial rotary: the first rotary_dims columns of each head turn
     parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm'(x))
+    # mixture of experts (`model.moe`): every layer but ``dense_layers`` routes each token to ``top_k`` of
+    # ``experts`` experts of width ``expert_mlp``; 0 experts: a dense model
+    experts: int = 0
+    top_k: int = 0
+    expert_mlp: int = 0
+    renormalize: bool = False  # the top-k weights rescaled to sum 1 (HF norm_topk_prob; Mixtral always)
+    dense_layers: tuple[int, ...] = ()
 
 
 # ---------------------------------------------------------------- the steps
@@ -162,7 +169,33 @@ class LayersStep(_Step):
     kind: str = "layers"
 
 
-Step = Union[MlpStep, HeadsStep, ValueStep, KeyStep, HiddenStep, LayersStep]
+@dataclass(frozen=True)
+class ExpertsStep(_Step):
+    """E -> ``to`` experts in each selected MoE layer: ``duplicate`` (copies, top_k x to/E), ``split`` (each
+    expert's width cut into to/E experts, top_k x to/E) or ``add`` (new experts, top_k kept)."""
+
+    to: int
+    layers: tuple[int, ...]
+    method: Literal["duplicate", "split", "add"]
+    top_k: int  # the grown layers' top_k (resolved: the method's default unless given)
+    noise: float
+    init: InitMap
+    kind: str = "experts"
+
+
+@dataclass(frozen=True)
+class UpcycleStep(_Step):
+    """Each selected dense MLP becomes ``experts`` copies of itself routed to ``top_k`` of them."""
+
+    experts: int
+    top_k: int
+    renormalize: bool
+    layers: tuple[int, ...]
+    init: InitMap
+    kind: str = "upcycle"
+
+
+Step = Union[MlpStep, HeadsStep, ValueStep, KeyStep, HiddenStep, LayersStep, ExpertsStep, UpcycleStep]
 
 # The roles (new slices) of each step and their preserving defaults (DESIGN §2).
 # LayersStep's "rest" default is resolved per tensor kind at compile time: matrices
@@ -196,6 +229,8 @@ DEFAULT_INIT: dict[str, dict[str, Init]] = {
         "bias": Zeros(),
     },
     "layers": {"o": Zeros(), "w_out": Zeros(), "rest": DefaultRest()},  # type: ignore[dict-item]
+    "experts": {"router": LikeOld(1.0), "w_in": LikeOld(1.0), "w_gate": LikeOld(1.0), "w_out": Zeros()},
+    "upcycle": {"router": Zeros()},
 }
 
 

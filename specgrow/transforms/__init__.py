@@ -1,4 +1,4 @@
-"""The six expansions; `compile_spec` turns a canonical `Spec` into a `Plan` of edits.
+"""The expansions; `compile_spec` turns a canonical `Spec` into a `Plan` of edits.
 
 >>> from specgrow.spec import load_spec_text
 >>> spec = load_spec_text(b'''
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from specgrow.ir import Plan, StepPlan
 from specgrow.shape import ModelShape
-from specgrow.transforms import heads, hidden, key, layers, mlp, value
+from specgrow.transforms import experts, heads, hidden, key, layers, mlp, value
 from specgrow.transforms.common import Context
 
 COMPILERS = {
     "mlp": mlp.compile_step, "heads": heads.compile_step, "value": value.compile_step,
     "key": key.compile_step, "hidden": hidden.compile_step, "layers": layers.compile_step,
+    "experts": experts.compile_step, "upcycle": experts.compile_upcycle,
 }
 
 

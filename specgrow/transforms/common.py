@@ -27,7 +27,7 @@ p, G, r, k, v = sym("p"), sym("G"), sym("r"), sym("k"), sym("v")
 # Symbolic size of each axis space (heads = G * r: kv groups times queries per group).
 SPACE_SIZE = {
     "residual": h, "vocab": V, "positions": Tp, "mlp": p, "head": k,
-    "q": G * r * k, "k": G * k, "v": G * v, "o": G * r * v,
+    "q": G * r * k, "k": G * k, "v": G * v, "o": G * r * v, "experts": sym("E"),
 }
 
 InitRef = Union[str, T.Init]  # a role of the step's `init`, or a fixed init
@@ -76,6 +76,8 @@ def layer_dims(shape: ModelShape, layer: int | None) -> dict[str, int]:
     if layer is not None:
         s = shape.layers[layer]
         dims.update(p=s.mlp, G=s.kv_heads, r=s.heads // s.kv_heads, k=s.key, v=s.value)
+        if s.experts:
+            dims["E"] = s.experts
     return dims
 
 
@@ -203,7 +205,7 @@ def _combinations(axes: tuple) -> tuple:
 def roles_with(shape: ModelShape, layer: int | None, space: str) -> list[str]:
     """The roles present in ``shape`` that have an axis in ``space``."""
     table = GLOBAL_ROLES if layer is None else LAYER_ROLES
-    return [role for role, spaces in table.items() if space in spaces and shape.has_role(role)]
+    return [role for role, spaces in table.items() if space in spaces and shape.has_role(role, layer)]
 
 
 __all__ = [

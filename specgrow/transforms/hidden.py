@@ -41,7 +41,7 @@ def _kind(role, spaces):
         return "gain"
     if role in NORM_BIASES or len(spaces) == 1:
         return "bias"
-    return "read" if spaces[1] == "residual" else "write"
+    return "read" if spaces[-1] == "residual" else "write"  # [out, in]: the last axis is read
 
 
 def compile_step(step, shape, ctx):
@@ -57,7 +57,7 @@ def compile_step(step, shape, ctx):
     for i in range(len(shape.layers)):
         tensors += [(role, i, LAYER_ROLES[role]) for role in LAYER_ROLES]
     for role, layer, spaces in tensors:
-        if "residual" not in spaces or not shape.has_role(role):
+        if "residual" not in spaces or not shape.has_role(role, layer):
             continue
         kind = _kind(role, spaces)
         dims = dict(layer_dims(shape, layer), dh=step.to - shape.hidden)

@@ -13,7 +13,8 @@ from specgrow.shape import LAYER_ROLES
 from specgrow.transforms.common import SPACE_SIZE, Grown, Segment, grow_tensor, layer_dims
 from specgrow.ir import Range
 
-_FILL = {"attn.o.weight": "o", "attn.o.bias": "o", "mlp.down.weight": "w_out", "mlp.down.bias": "w_out"}
+_FILL = {"attn.o.weight": "o", "attn.o.bias": "o", "mlp.down.weight": "w_out", "mlp.down.bias": "w_out",
+         "mlp.experts.down.weight": "w_out"}
 
 
 def compile_step(step, shape, ctx):
@@ -22,13 +23,13 @@ def compile_step(step, shape, ctx):
     edits = []
     for j in range(step.at, count):  # moved layers: copied unchanged under a new index
         for role in LAYER_ROLES:
-            if shape.has_role(role):
+            if shape.has_role(role, j):
                 edits.append(grow_tensor(ctx, shape, role, j + step.add, {}, layer_dims(shape, j),
                                          source_layer=j))
     dims = layer_dims(shape, neighbour)
     for new in range(step.at, step.at + step.add):
         for role, spaces in LAYER_ROLES.items():
-            if not shape.has_role(role):
+            if not shape.has_role(role, neighbour):
                 continue
             fill = _FILL.get(role, "rest")
             grow = {s: (SPACE_SIZE[s], (Segment(Range(0, SPACE_SIZE[s]), fill=fill),)) for s in spaces}

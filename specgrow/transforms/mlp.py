@@ -1,4 +1,4 @@
-"""Expansion 1: MLP internal width p -> p + dp, per layer.
+"""Expansion 1: MLP internal width p -> p + dp, per layer (every expert's width in a MoE layer).
 
 ``zero``: new up (and gate) rows are filled by ``w_in`` / ``w_gate``, new in-biases by
 ``b_in``, the new columns of the down projection by ``w_out`` (zero preserves).
@@ -34,10 +34,11 @@ def compile_step(step, shape, ctx):
 @functools.lru_cache(maxsize=256)
 def _segments(step, role, added):
     if step.method == "duplicate":
-        return duplicate_segments(p, added, fan_out=role == "mlp.down.weight")
+        return duplicate_segments(p, added, fan_out=role in ("mlp.down.weight", "mlp.experts.down.weight"))
     fill = {
         "mlp.up.weight": "w_in", "mlp.gate.weight": "w_gate",
         "mlp.up.bias": "b_in", "mlp.gate.bias": "b_in", "mlp.down.weight": "w_out",
+        "mlp.experts.up.weight": "w_in", "mlp.experts.gate.weight": "w_gate", "mlp.experts.down.weight": "w_out",
     }[role]
     return pad(p, p + added, fill)
 

@@ -30,7 +30,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.transpose import Transpose
 
 from specgrow.verify.algebra import Activation
-from specgrow.verify.ops import HeadNorm, Heads, LayerNorm, RMSNorm, Rope, Softmax
+from specgrow.verify.ops import HeadNorm, Heads, LayerNorm, Mixture, RMSNorm, Rope, Softmax
 
 MIN_DIM, MAX_DIM = 2, 6  # integer dims are drawn from MIN_DIM..MAX_DIM: every shape stays tiny
 DRAWS = 200  # random draws tried for one assignment before giving up
@@ -338,6 +338,31 @@ def _layernorm(e, values):
     return centered / np.sqrt((centered ** 2).mean(axis=1, keepdims=True) + eps) * g + b
 
 
+def _mixture(e, values):
+    """The generic expert (its logits and output F) among ``experts - 1`` others, whose logits and outputs
+    are fixed draws of the evaluation, equal on both sides of an obligation: an other expert's output
+    is a per-token draw times F, so the value, like the mixture, is linear in F column by column for
+    fixed logits. Softmax, top-k by a stable sort, renormalised when asked, weighted sum."""
+    logits, out = evaluate(e.args[0], values), evaluate(e.args[1], values)
+    top_k, renormalize, experts = (int(a) for a in e.args[2:])
+    _fits(e, logits.shape, (out.shape[0], 1))
+    key = ("mixture others", out.shape[0], experts)
+    if key not in values:
+        draw = values.setdefault("rng", random.Random(0))
+        values[key] = (_normal(draw, out.shape[0] * (experts - 1)).reshape(out.shape[0], experts - 1),
+                       _normal(draw, out.shape[0] * (experts - 1)).reshape(out.shape[0], experts - 1))
+    others, factors = values[key]
+    scores = np.concatenate([logits, others], axis=1)  # (n, E): the generic expert first
+    probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    chosen = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    weights = np.take_along_axis(probs, chosen, 1)
+    if renormalize:
+        weights = weights / weights.sum(axis=1, keepdims=True)
+    factor = np.take_along_axis(np.concatenate([np.ones((out.shape[0], 1)), factors], axis=1), chosen, 1)
+    return (weights * factor).sum(axis=1, keepdims=True) * out
+
+
 def _softmax(e, values):
     scores = evaluate(e.args[0], values)
     _fits(e, *scores.shape)  # positions by positions
@@ -425,5 +450,6 @@ NODES = (
     (LayerNorm, _layernorm),
     (Softmax, _softmax),
     (Heads, _heads),
+    (Mixture, _mixture),
     (Rope, _rope),
 )

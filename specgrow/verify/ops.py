@@ -25,6 +25,21 @@ uses these identities (each proved at index level and checked numerically in
 * ``head_norm_split``: HeadNorm([A, B], g, e, w) = [HeadNorm(A, g, e, w), HeadNorm(B, g, e, w)]
   when A and B hold whole heads of width w (the per-head QK-norm acts on each head alone);
   HeadNorm(0, g, e, w) = 0 for e != 0; HeadNorm(x, c*g, e, w) = c * HeadNorm(x, g, e, w).
+* ``mixture_linear``: a mixture of experts weighs each expert's output per token, so it is linear
+  in the outputs for fixed logits: Mixture(l, [A, B]) = [Mixture(l, A), Mixture(l, B)],
+  Mixture(l, c*A) = c * Mixture(l, A), Mixture(l, 0) = 0.
+
+The routing lemmas (`specgrow.verify.experts`) are applied where a MoE layer is built, from the
+structure of its edits, and stated with their tie assumption in the obligation's conditions:
+
+* ``route_copies``: m copies of every expert with the expert's router row, top-(m*k): softmax gives
+  each copy p_e/m, the m copies of an expert tie with each other and rank as the expert did, so the
+  top m*k are the copies of the top k, each weighing w_e/m with or without renormalisation (the
+  selected sum is the same). Assumes the old top-k is unique (no tie between distinct experts at the
+  k-th place): the old model's own routing is then well defined.
+* ``route_identical``: when every expert is the same function F, the mixture is F times the sum of
+  the selected weights, whichever experts tie: 1 with renormalisation, k/E for a zero router (every
+  probability 1/E) without it.
 """
 
 from __future__ import annotations
@@ -152,6 +167,20 @@ class Rope(_Op):
     @property
     def shape(self):
         return self.args[0].shape
+
+
+class Mixture(_Op):
+    """A mixture of experts on one generic expert's view: ``logits`` (n, 1) and ``out`` (n, w) are that
+    expert's router logits and output; the value is the sum over all ``experts`` experts of their
+    routed weights (softmax over every expert's logit, top ``top_k``, renormalised when
+    ``renormalize`` is 1) times their outputs."""
+
+    def __new__(cls, logits, out, top_k, renormalize, experts):
+        return MatrixExpr.__new__(cls, logits, out, *map(sp.sympify, (top_k, renormalize, experts)))
+
+    @property
+    def shape(self):
+        return self.args[1].shape
 
 
 # ------------------------------------------------------------------ lemma rules
@@ -286,4 +315,20 @@ def r_heads_zero(e, trace):
     return r_heads(e, trace)
 
 
-LEMMAS = {RMSNorm: r_rmsnorm, LayerNorm: r_layernorm, Heads: r_heads_zero, Rope: r_rope, HeadNorm: r_headnorm}
+def r_mixture(e, trace):
+    logits, out, top_k, renormalize, experts = e.args
+    if all_zero(out):
+        trace.lemma("mixture_linear")
+        return ZeroMatrix(*e.shape)
+    c, out0 = _split_scalar(out)
+    if c != 1:
+        trace.lemma("mixture_linear")
+        return mul(c, Mixture(logits, out0, top_k, renormalize, experts))
+    if isinstance(out, BlockMatrix) and out.blockshape[0] == 1 and len(out.blocks) > 1:
+        trace.lemma("mixture_linear")
+        return BlockMatrix([[Mixture(logits, b, top_k, renormalize, experts) for b in out.blocks]])
+    return e
+
+
+LEMMAS = {RMSNorm: r_rmsnorm, LayerNorm: r_layernorm, Heads: r_heads_zero, Rope: r_rope, HeadNorm: r_headnorm,
+          Mixture: r_mixture}

@@ -23,6 +23,7 @@ from sympy import BlockMatrix, MatAdd, MatMul, MatrixSymbol, ZeroMatrix
 
 from specgrow.collector import paused
 from specgrow.ir import Old, Random
+from specgrow.shape import EXPERT_ROLES
 from specgrow.transforms import compile_spec
 from specgrow.verify import sublayers as S
 from specgrow.verify.algebra import Trace, collapse, sub
@@ -202,6 +203,9 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
     per_head = S.is_per_head(edits)
     shape = before
     w = S.Weights(shape, edits, old_layer, per_head=per_head, zeros=zeros)
+    moe_key = None
+    if after.layers[layers[0]].experts:
+        w.moe, moe_key = _moe_layer(step_plan, what, layers[0], edits, old_layer, per_head, zeros)
     s_after = after.layers[layers[0]]
     s_before = before.layers[old_layer] if what == "grown" else s_after
     key_new = S.k * sp.Integer(s_after.key) / s_before.key if per_head else S.k
@@ -254,11 +258,48 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
                                    lambda: _lift_old(S.attention(w, lift(x), x, eps_new, key_new, value_new),
                                                      lift, eps_old),
                                    ("attn", key, eps_new, str(lift(x)))))
-    if touches("mlp"):
+    if touches("mlp") and w.moe is not None:
+        results += _moe_obligations(index, layers, w, lift, x, eps_new, eps_old, (key, moe_key, eps_new, str(lift(x))))
+    elif touches("mlp"):
         results.append(_obligation(index, "mlp", layers, "mlp'(lift(x)) = lift(mlp(x))",
                                    lambda: _lift_old(S.mlp(w, lift(x), x, eps_new), lift, eps_old),
                                    ("mlp", key, eps_new, str(lift(x)))))
     return results
+
+
+def _moe_layer(step_plan, what, layer, edits, old_layer, per_head, zeros):
+    """The `sublayers.MoELayer` of a layer with experts after the step, and its part of a cache key."""
+    from specgrow.verify.experts import generic
+
+    before, after = step_plan.before, step_plan.after
+    s_before = before.layers[old_layer] if what == "grown" and before.layers[old_layer].experts else None
+    g = generic(edits, s_before.experts if s_before else 0)
+    others = {role: e for role, e in edits.items() if role not in EXPERT_ROLES}
+    bands = tuple(S.Weights(before, {**others, **band}, old_layer, per_head=per_head, zeros=zeros) for band in g.bands)
+    moe = S.MoELayer(s_before, after.layers[layer], before.renormalize, after.renormalize, g, bands)
+    return moe, (s_before, after.layers[layer], before.renormalize, after.renormalize, str(g.added), g.upcycled)
+
+
+def _moe_obligations(index, layers, w, lift, x, eps_new, eps_old, key):
+    """A MoE layer after the step: for a grown one, the router (each new expert's logits are its old
+    expert's) then the mixture under the routing lemma; for an upcycled one, the mixture."""
+    out = []
+    same = True
+    if w.moe.before is not None and not w.moe.generic.upcycled:
+        router = _obligation(index, "router (one generic expert's new experts)", layers,
+                             "r'_c(lift(x)) = r_e(x) for each new expert c of old expert e",
+                             lambda: _eps(S.router(w, lift(x), x, eps_new), eps_old), ("router", key))
+        out.append(router)
+        same = router.verdict is Verdict.PROVED
+    side: list = []
+    out.append(_obligation(index, "mixture of experts (one generic expert)", layers,
+                           "moe'(lift(x)) = lift(moe(x)) under the routing lemma",
+                           lambda: _lift_old(S.mlp(w, lift(x), x, eps_new, side) if same else
+                                             S.post_norm(w, "mlp_post_norm",
+                                                         S.mixture(w, lift(x), x, eps_new, side, False), eps_new),
+                                             lift, eps_old),
+                           ("moe", key, same), side))
+    return out
 
 
 def _width(edits, role, default):

@@ -15,10 +15,11 @@ from specgrow.ir import sym
 from specgrow.transforms.common import SPACE_SIZE
 from specgrow.verify.algebra import Trace, add, apply_fn, collapse, elementwise_fn, mul, softcap_fn
 from specgrow.verify.build import Stuck, symbolize
-from specgrow.verify.ops import LEMMAS, HeadNorm, Heads, LayerNorm, RMSNorm, Rope, Softmax, all_zero
+from specgrow.verify.ops import LEMMAS, HeadNorm, Heads, LayerNorm, Mixture, RMSNorm, Rope, Softmax, all_zero
 from specgrow.rope import WIDTH_DEPENDENT
-from specgrow.shape import GATED, GLOBAL_ROLES, LAYER_ROLES, QK_NORM_GAINS
+from specgrow.shape import EXPERT_ROLES, GATED, GLOBAL_ROLES, LAYER_ROLES, QK_NORM_GAINS
 from specgrow.ir import Grouped
+from specgrow.verify.experts import TIES
 
 n = sp.Symbol("n", positive=True, integer=True)
 EPS = sp.Symbol("epsilon", positive=True)
@@ -33,8 +34,9 @@ HEAD_SIZE = {"q": k, "k": k, "v": v, "o": v}
 class Weights:
     """The symbolic weights of one layer (or the global tensors) for one step."""
 
-    def __init__(self, shape, edits, layer, per_head=False, zeros=frozenset()):
+    def __init__(self, shape, edits, layer, per_head=False, zeros=frozenset(), moe=None):
         self.shape, self.edits, self.layer, self.per_head = shape, edits, layer, per_head
+        self.moe = moe  # a MoE layer after the step: its `MoELayer`
         self.zeros = zeros  # (role, layer) of the old tensors known to be exactly zero
         self.placements = {}
         self.segments = {}
@@ -54,6 +56,8 @@ class Weights:
                 raise Stuck(f"{role}: unexpected shapes")
             return s.new, s.old
         spaces = (GLOBAL_ROLES if self.layer is None else LAYER_ROLES)[role]
+        if role in EXPERT_ROLES:
+            spaces = spaces[1:]  # one generic expert
         sizes = [HEAD_SIZE[s] if self.per_head and s in HEAD_SIZE else SPACE_SIZE[s] for s in spaces]
         dims = sizes[::-1] if len(sizes) == 2 else [1, sizes[0]]
         m = ZeroMatrix(*dims) if (role, self.layer) in self.zeros else MatrixSymbol(role, *dims)
@@ -156,8 +160,97 @@ def _project(w, role, x_new, x_old):
     return _add_bias(w, f"{role}.bias", (mul(x_new, w_new), mul(x_old, w_old)))
 
 
-def mlp(w, x_new, x_old, eps_new):
+def mlp(w, x_new, x_old, eps_new, side=None):
+    if w.moe is not None:
+        return post_norm(w, "mlp_post_norm", mixture(w, x_new, x_old, eps_new, [] if side is None else side), eps_new)
     return post_norm(w, "mlp_post_norm", _mlp(w, x_new, x_old, eps_new), eps_new)
+
+
+class MoELayer:
+    """What the prover knows of a layer that has experts after the step: the layer's shape before
+    (None for a new layer) and after, the model's renormalisation before and after, and one `Weights`
+    per band of new experts (`specgrow.verify.experts.generic`)."""
+
+    def __init__(self, before, after, renormalize_before, renormalize_after, generic, bands):
+        self.before, self.after, self.generic, self.bands = before, after, generic, bands
+        self.renormalize_before, self.renormalize_after = renormalize_before, renormalize_after
+
+
+def expert(w, xn_new, xn_old):
+    """One generic expert's output, (new, old): down(act(gate x) * up x) (old: the dense MLP when upcycled)."""
+    up_new, up_old = w.get("mlp.experts.up.weight")
+    up_new, up_old = mul(xn_new, up_new), mul(xn_old, up_old)
+    if w.shape.activation in GATED:
+        f = elementwise_fn(GATED[w.shape.activation])
+        gate_new, gate_old = w.get("mlp.experts.gate.weight")
+        hid_new = HadamardProduct(apply_fn(f, mul(xn_new, gate_new)), up_new)
+        hid_old = HadamardProduct(apply_fn(f, mul(xn_old, gate_old)), up_old)
+    else:
+        f = elementwise_fn(w.shape.activation)
+        hid_new, hid_old = apply_fn(f, up_new), apply_fn(f, up_old)
+    down_new, down_old = w.get("mlp.experts.down.weight")
+    return mul(hid_new, down_new), mul(hid_old, down_old)
+
+
+def router_logits(w, xn_new, xn_old):
+    """One generic expert's router logits (n, 1), (new, old), for each band: (new per band, old)."""
+    out = []
+    for band in w.moe.bands:
+        r_new, r_old = band.get("mlp.router.weight")
+        out.append(mul(xn_new, r_new.T))
+    _, r_old = w.moe.bands[0].get("mlp.router.weight")
+    return out, mul(xn_old, r_old.T)
+
+
+def router(w, x_new, x_old, eps_new):
+    """The router obligation of a grown MoE layer: every new expert's logits are its old expert's,
+    ([l'_0, ..., l'_m-1], [l, ..., l])."""
+    xn_new, xn_old = pre_norm(w, "mlp_norm", x_new, x_old, eps_new)
+    new, old = router_logits(w, xn_new, xn_old)
+    return BlockMatrix([new]), BlockMatrix([[old] * len(new)])
+
+
+def mixture(w, x_new, x_old, eps_new, side, same_logits=True):
+    """The MoE sublayer on one generic expert, (new, old), after the routing lemma its edits allow.
+
+    A grown MoE layer (``route_copies``): the m new experts of a generic old expert e, weighing
+    w_e/m each, are the mixture of their mean output under the old logits (``same_logits``: the
+    router obligation proved them equal). An upcycled layer (``route_identical``): identical
+    experts give their output times 1 (renormalised) or k/E (zero router). Otherwise the new
+    mixture stays opaque, with its own logits, and differs from the old one.
+    """
+    moe = w.moe
+    xn_new, xn_old = pre_norm(w, "mlp_norm", x_new, x_old, eps_new)
+    logits_new, logits_old = router_logits(w, xn_new, xn_old)
+    outs = [expert(band, xn_new, xn_old) for band in moe.bands]
+    m = len(outs)
+    mean = add(*[mul(sp.Rational(1, m), o[0]) for o in outs]) if m > 1 else outs[0][0]
+    old = outs[0][1]
+    after, renorm = moe.after, int(moe.renormalize_after)
+    opaque = Mixture(logits_new[0], mean if m == 1 else outs[0][0], after.top_k, renorm, after.experts)
+    if moe.before is None and not moe.generic.upcycled:  # a new layer: zero only if its experts' outputs are
+        return opaque, old
+    if moe.generic.upcycled:  # an upcycled layer: its experts are one function
+        identical = m == 1 and moe.generic.added == 0
+        side.append(("route_identical: experts that differ from the others (count)", 0 if identical else 1))
+        if not identical:
+            return opaque, old
+        if renorm:
+            side.append(("route_identical: identical experts, renormalised top-k weights sum to 1", 0))
+            return mean, old
+        zero = all_zero(collapse(logits_new[0], Trace(), extra=LEMMAS))
+        side.append(("route_identical without renormalisation: the top-k weights sum to k/E only when the router "
+                     "is zero (every probability 1/E); router rows not all zero", 0 if zero else 1))
+        return (mul(sp.Rational(after.top_k, after.experts), mean) if zero else opaque), old
+    before = moe.before
+    target = Mixture(logits_old, old, before.top_k, int(moe.renormalize_before), before.experts)
+    side.append(("route_copies: new experts that copy no old expert (count)", moe.generic.added))
+    side.append(("route_copies: top-k of the copies k' - m*k", after.top_k - m * before.top_k))
+    side.append(("route_copies: renormalisation unchanged (0 if so)", int(renorm != int(moe.renormalize_before))))
+    side.append((f"route_copies {TIES}", 0))
+    if not same_logits:
+        return opaque, target
+    return Mixture(logits_old, mean, before.top_k, int(moe.renormalize_before), before.experts), target
 
 
 def _mlp(w, x_new, x_old, eps_new):

@@ -58,7 +58,7 @@ def random_state(shape: ModelShape, seed: int, gain: float = 1.0, bias: float = 
         elif role in ("embed.weight", "pos.weight"):
             value = noise
         else:
-            value = noise / math.sqrt(dims[1])
+            value = noise / math.sqrt(dims[-1])
         state[(role, layer)] = value
     return state
 
@@ -163,9 +163,32 @@ def _sublayer(shape: ModelShape, state: State, x: np.ndarray, layer: int, name: 
 
 
 def _mlp(shape: ModelShape, state: State, layer: int, h: np.ndarray) -> np.ndarray:
+    s = shape.layers[layer]
+    if s.experts:
+        return _mixture(shape, state, layer, s, h)
     gate = _linear(shape, state, h, "mlp.gate", layer) if shape.activation in GATED else None
     return _linear(shape, state, _activate(shape.activation, _linear(shape, state, h, "mlp.up", layer), gate),
                    "mlp.down", layer)
+
+
+def _mixture(shape: ModelShape, state: State, layer: int, s, h: np.ndarray) -> np.ndarray:
+    """The experts' sum, each token's top_k experts weighted by their softmax probabilities
+    (renormalised to sum 1 with ``renormalize``); a stable sort breaks ties by expert index."""
+    logits = h @ state[("mlp.router.weight", layer)].T  # (..., E)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = probs / probs.sum(-1, keepdims=True)
+    chosen = np.argsort(-probs, axis=-1, kind="stable")[..., :s.top_k]  # (..., k)
+    weights = np.take_along_axis(probs, chosen, -1)
+    if shape.renormalize:
+        weights = weights / weights.sum(-1, keepdims=True)
+    out = np.zeros_like(h)
+    gate_of = state.get(("mlp.experts.gate.weight", layer))
+    for e in range(s.experts):
+        w = (weights * (chosen == e)).sum(-1)[..., None]  # (..., 1): 0 where e is not chosen
+        gate = h @ gate_of[e].T if gate_of is not None else None
+        up = h @ state[("mlp.experts.up.weight", layer)][e].T
+        out = out + w * (_activate(shape.activation, up, gate) @ state[("mlp.experts.down.weight", layer)][e].T)
+    return out
 
 
 def _linear(shape: ModelShape, state: State, x: np.ndarray, prefix: str, layer: int | None) -> np.ndarray:

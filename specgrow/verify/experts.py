@@ -1,0 +1,112 @@
+"""How the prover reads a MoE layer's edits: one generic old expert and its new experts.
+
+Every expert tensor (`specgrow.shape.EXPERT_ROLES`) has the experts axis first. The transforms
+lay new experts out in bands of E (`specgrow.transforms.experts`): a block whose experts
+selection is ``[a, a + E)`` and which reads all old experts ``[0, E)`` (or, upcycling, the dense
+tensor repeated along the experts axis) makes new expert ``a + e`` from old expert ``e``. So every
+old expert ``e`` has one new expert per band, and dropping the experts axis from a band's blocks
+gives that new expert's tensor in terms of old expert ``e``'s: a 2-D edit (a row vector for the
+router) that `specgrow.verify.build.symbolize` reads like any other. Blocks whose experts
+selection is not a band (experts added beside the copies) are counted as ``added``.
+
+The prover then writes the mixture on one generic expert (`specgrow.verify.ops.Mixture`) after the
+routing lemma that the structure allows (`route_copies`, `route_identical`); the lemma and the
+conditions it needs are returned as side conditions, each 0 when it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import sympy as sp
+
+from specgrow.ir import Const, Old, Range, TensorEdit, sym
+from specgrow.shape import EXPERT_ROLES
+from specgrow.verify.build import Stuck
+
+E = sym("E")
+TIES = ("ties: the old top-k is assumed unique (no tie between distinct experts at the k-th place, so the "
+        "old routing is well defined); copies of one expert tie with each other and are selected together")
+
+
+@dataclass(frozen=True)
+class Generic:
+    """The new experts of one generic old expert: ``bands[j]`` maps each expert role to its 2-D (router:
+    1-D) edit for the expert of band j; ``added`` counts the experts that copy none (symbolic)."""
+
+    bands: tuple[dict, ...]
+    added: sp.Expr
+    upcycled: bool  # the layer was dense: every band's expert repeats the dense MLP
+
+
+def generic(edits: dict, experts_before: int) -> Generic:
+    """The bands of a MoE layer's expert edits (``edits``: role -> `TensorEdit`, other roles ignored)."""
+    bands: dict = {}
+    added = sp.Integer(0)
+    upcycled = False
+    for role, edit in edits.items():
+        if role not in EXPERT_ROLES:
+            continue
+        env = {sym(n): sp.Integer(v) for n, v in edit.dims}
+        size = E if edit.source is not None and edit.source[0] in EXPERT_ROLES else \
+            sp.sympify(edit.new_shape[0])  # a new tensor (new layer, upcycled router): one band of all
+        if edit.source is not None and edit.source[0] not in EXPERT_ROLES:
+            upcycled = True
+            if any(not isinstance(b.source, (Old, Const)) or getattr(b.source, "noise", None) is not None
+                   for b in edit.blocks):
+                raise Stuck(f"{role}: upcycled experts that are not all the same copy of the dense MLP")
+        for block in edit.blocks:
+            where = block.where[0]
+            if not isinstance(where, Range) or sp.sympify(where.step) != 1:
+                raise Stuck(f"{role}: a strided experts selection")
+            length = sp.expand(sp.sympify(where.stop) - sp.sympify(where.start))
+            if isinstance(block.source, Old) and len(block.source.index) == len(block.where):
+                read = block.source.index[0]
+                if sp.expand(sp.sympify(read.start)) != 0 or sp.expand(sp.sympify(read.stop) - E) != 0 \
+                        or sp.sympify(read.step) != 1 or sp.expand(length - E) != 0:
+                    raise Stuck(f"{role}: new experts read a part of the old experts, not all of them in order")
+            if sp.expand(length - size) != 0:
+                if role == "mlp.router.weight":
+                    added = added + length
+                continue
+            key = sp.expand(sp.sympify(where.start))
+            if sp.expand(key / size).xreplace(env).is_integer is not True:
+                raise Stuck(f"{role}: experts in bands not aligned to the old experts")
+            bands.setdefault(key, {}).setdefault(role, []).append(_dropped(block))
+    keys = sorted(bands, key=lambda k: int(sp.sympify(k).xreplace(_env_all(edits))))
+    out = [] if keys else [{}]
+    for key in keys:
+        roles = {}
+        for role, blocks in bands[key].items():
+            edit = edits[role]
+            roles[role] = dataclasses.replace(
+                edit, old_shape=None if edit.old_shape is None else _rest(edit),
+                new_shape=tuple(edit.new_shape[1:]), blocks=tuple(blocks))
+        out.append(roles)
+    return Generic(tuple(out), added, upcycled)
+
+
+def _rest(edit):
+    """The old shape without the experts axis (a dense source has none)."""
+    return tuple(edit.old_shape[1:]) if edit.source[0] in EXPERT_ROLES else tuple(edit.old_shape)
+
+
+def _dropped(block):
+    """The block without its experts axis (an old selection repeated along it has none to drop)."""
+    source = block.source
+    if isinstance(source, Old) and len(source.index) == len(block.where):
+        source = dataclasses.replace(source, index=source.index[1:])
+    return dataclasses.replace(block, where=block.where[1:], source=source)
+
+
+def _env_all(edits):
+    env = {}
+    for edit in edits.values():
+        env.update({sym(n): sp.Integer(v) for n, v in edit.dims})
+    return env
+
+
+def slices(edit) -> list[TensorEdit]:
+    """The per-band 2-D (1-D) edits of one expert tensor (for the zero tracking between steps)."""
+    return [band[edit.role] for band in generic({edit.role: edit}, 0).bands if edit.role in band]
