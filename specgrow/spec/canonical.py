@@ -83,6 +83,9 @@ def build_spec(doc: Document, source: bytes) -> Spec:
         problem = _family_problem(model.arch, grower.shape, "the original model")
         if problem is not None:
             raise _fail(doc, ("model", "arch"), problem[1])
+        moe = _experts_problem(model, grower.shape, model.renormalize, "the original model", grown=False)
+        if moe is not None:
+            raise _fail(doc, ("model", "moe") if "moe" in data["model"] else ("model", "arch"), moe)
     stages = []
     if "stages" in data:
         previous = None
@@ -155,6 +158,11 @@ class _Grower:
             problem = _family_problem(arch, self.shape, result)
             if problem is not None:
                 raise self.blame(*problem)
+            renormalize = next((step.renormalize for step in reversed(self.steps) if step.kind == "upcycle"),
+                               self.model.renormalize)
+            moe = _experts_problem(self.model, self.shape, renormalize, result, grown=True)
+            if moe is not None:
+                raise self.blame(("experts",), moe)
 
     def blame(self, widths: tuple[str, ...], message: str) -> SpecError:
         """The error of a shape a HF config cannot express, at the last step that changed one of ``widths``."""
@@ -195,6 +203,13 @@ def uniform_steps(shape: Shape):
                     yield kind, {"add": missing, "layers": layers}
                 else:
                     yield kind, {"to": target, "layers": layers}
+
+
+def _experts_problem(model: ModelSpec, shape: Shape, renormalize: bool, label: str, grown: bool) -> str | None:
+    """`specgrow.arch.experts_problem` of a shape: where a HuggingFace family has no experts, or not these."""
+    from specgrow.arch import experts_problem
+
+    return experts_problem(model.arch, [bool(s.experts) for s in shape.layers], renormalize, model.bias, label, grown)
 
 
 def _family_problem(arch: str, shape: Shape, model: str) -> tuple[tuple[str, ...], str] | None:
