@@ -145,7 +145,7 @@ def test_init_output_file_is_new_or_refused(folders, tmp_path, capsys):
     ({}, 1, "the input directory has no config.json"),
     ({"model_type": "bert"}, 1,
      'config.json: model_type "bert" is not supported (expected gpt2, llama, mistral, qwen2, qwen3, olmo2, '
-     'gemma2, gemma3_text, phi3 or gpt_neox)'),
+     'gemma2, gemma3_text, phi3, gpt_neox, mixtral or qwen3_moe)'),
     ({"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
       "num_key_value_heads": 32, "num_hidden_layers": 2, "vocab_size": 97, "max_position_embeddings": 64},
      1, "config.json describes a model no spec can restate: model.dims.kv_heads: expected a divisor of heads 4, "

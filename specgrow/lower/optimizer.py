@@ -141,9 +141,14 @@ def _role_origins(before: ModelShape, steps) -> dict:
         for edit in step.edits:
             if edit.source is not None:
                 new[(edit.role, edit.layer)] = origins[edit.source]
-            else:
-                new[(edit.role, edit.layer)] = next(origins[k] for k in sorted(origins, key=_order)
-                                                    if k[0] == edit.role)
+            else:  # a new tensor: its role's first, else (an upcycled layer's router) its layer's grown tensor
+                new[(edit.role, edit.layer)] = next(
+                    (origins[k] for k in sorted(origins, key=_order) if k[0] == edit.role),
+                    next((origins[e.source] for e in step.edits if e.layer == edit.layer and e.source is not None),
+                         None))
+                if new[(edit.role, edit.layer)] is None:
+                    raise CheckpointError(f"no tensor to take optimizer settings from for the new {edit.role} "
+                                          f"(layer {edit.layer})", path="optimizer")
         consumed = {e.source for e in step.edits if e.source is not None} - {(e.role, e.layer) for e in step.edits}
         origins = {k: v for k, v in new.items() if k not in consumed}
     return origins
@@ -192,13 +197,32 @@ def _moment_step(step, moments: dict[str, dict]) -> dict[str, dict]:
                     index = outer(tuple(indices(sel, value.device) for sel in src.index), old.shape, value.device)
                     s = total.to(value)[index]
                     part = old[index] / s if kind == "exp_avg" else old[index] / (s * src.scale) ** 2
-                    scatter(value, where, part)
+                    scatter(value, where, _repeated(part, block))
                 elif isinstance(src, (Const, Random)):
                     scatter(value, where, seed)
                 else:
                     raise TypeError(f"unknown block source {src!r}")
             out[kind][(edit.role, edit.layer)] = value
     return out
+
+
+def _repeats(block) -> int:
+    """How many times an ``Old`` block reads each selected old element: 1, or for a selection with
+    fewer axes than the block (`specgrow.ir.Old`: upcycling's experts) the length of the leading axes."""
+    extra = len(block.where) - len(block.source.index)
+    count = 1
+    for sel in block.where[:extra]:
+        count *= sel.length()
+    return count
+
+
+def _repeated(part: torch.Tensor, block) -> torch.Tensor:
+    """``part`` (the old selection's moments) repeated along the block's leading axes it lacks."""
+    extra = len(block.where) - len(block.source.index)
+    if not extra:
+        return part
+    lead = tuple(sel.length() for sel in block.where[:extra])
+    return part.reshape((1,) * extra + tuple(part.shape)).expand(lead + tuple(part.shape))
 
 
 def _first(roles: dict) -> torch.Tensor:
@@ -216,7 +240,7 @@ def _scale_sums(edit) -> torch.Tensor:
     for block in edit.blocks:
         if isinstance(block.source, Old):
             index = outer(tuple(indices(sel, "cpu") for sel in block.source.index), total.shape, "cpu")
-            total[index] += block.source.scale
+            total[index] += float(block.source.scale) * _repeats(block)
     total[total == 0] = 1.0  # never read; avoids 0/0 in unread elements
     return total
 

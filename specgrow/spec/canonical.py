@@ -452,7 +452,13 @@ class _Checker:
                             ", ".join(b for b in self.model.bias if b in ("up", "gate", "down")) + ")")
         grown = tuple(replace(s, experts=experts, top_k=top_k) if i in layers else s
                       for i, s in enumerate(shape.layers))
-        step = UpcycleStep(experts, top_k, renormalize, layers, self.init(path, "upcycle", raw))
+        init = self.init(path, "upcycle", raw)
+        if renormalize and "router" not in raw.get("init", {}):
+            # renormalised, any router is exact: a small random one, so that the experts do not all tie (a zero
+            # router ties them for good: identical experts give it no gradient, and copies made later need a
+            # unique top-k)
+            init = tuple((role, Normal(0.02) if role == "router" else value) for role, value in init)
+        step = UpcycleStep(experts, top_k, renormalize, layers, init)
         if isinstance(step.init_for("router"), LikeOld):
             raise self.fail(path + ("init", "router"), "like_old needs an old tensor: a dense layer has no router "
                                                        "(zeros, or normal / uniform)")

@@ -23,6 +23,7 @@ import sympy as sp
 
 from specgrow.ir import Const, Old, Range, TensorEdit, sym
 from specgrow.shape import EXPERT_ROLES
+from specgrow.verify import build
 from specgrow.verify.build import Stuck
 
 E = sym("E")
@@ -107,6 +108,14 @@ def _env_all(edits):
     return env
 
 
-def slices(edit) -> list[TensorEdit]:
-    """The per-band 2-D (1-D) edits of one expert tensor (for the zero tracking between steps)."""
-    return [band[edit.role] for band in generic({edit.role: edit}, 0).bands if edit.role in band]
+def is_zero(edit, zeros=frozenset()) -> bool:
+    """`specgrow.verify.build.is_zero`, reading an expert tensor as the proofs do: band by band, each band's
+    2-D (1-D) edit of one generic expert; zero when every band is and the bands cover every block."""
+    if edit.role not in EXPERT_ROLES:
+        return build.is_zero(edit, zeros)
+    try:
+        parts = [band[edit.role] for band in generic({edit.role: edit}, 0).bands if edit.role in band]
+    except Stuck:
+        return False
+    return bool(parts) and sum(len(p.blocks) for p in parts) == len(edit.blocks) and \
+        all(build.is_zero(part, zeros) for part in parts)

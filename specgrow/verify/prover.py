@@ -27,7 +27,8 @@ from specgrow.shape import EXPERT_ROLES
 from specgrow.transforms import compile_spec
 from specgrow.verify import sublayers as S
 from specgrow.verify.algebra import Trace, collapse, sub
-from specgrow.verify.build import Stuck, is_zero
+from specgrow.verify.build import Stuck
+from specgrow.verify.experts import is_zero
 from specgrow.verify.ops import LEMMAS, HeadNorm, LayerNorm, RMSNorm
 from specgrow.verify.result import (
     Certificate, Obligation, SideCondition, StageProof, StepProof, Verdict, combine,

@@ -255,7 +255,7 @@ def mixture(w, x_new, x_old, eps_new, side, same_logits=True):
                  "ties and the top-k need not take whole experts' copies (0 if not; train between the steps)",
                  int(tied)))
     side.append((f"route_copies {TIES}", 0))
-    if not same_logits:
+    if not same_logits or any(value != 0 for _, value in side):  # the lemma does not apply
         return opaque, target
     return Mixture(logits_old, mean, before.top_k, int(moe.renormalize_before), before.experts), target
 
