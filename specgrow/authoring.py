@@ -62,6 +62,7 @@ def spec_for_folder(folder: str) -> str:
         # Phi-3 and GPT-NeoX: partial rotary, parallel residual
         *([f"  rotary_dims: {model['rotary_dims']}"] if model.get("rotary_dims") is not None else []),
         *(["  parallel_residual: true"] if model.get("parallel_residual") else []),
+        *_moe_lines(model),
         "seed: 0",
     ]
     text = "\n".join(lines) + "\n" + STEPS_HELP.format(mlp=2 * model["dims"]["mlp"])
@@ -88,6 +89,17 @@ def _gemma_lines(model: dict) -> list[str]:
     if model.get("rope_local_theta") is not None:
         lines.append(f"  rope_local_theta: {_float(model['rope_local_theta'])}")
     return lines
+
+
+def _moe_lines(model: dict) -> list[str]:
+    """The ``moe`` section of ``model`` (`expected_model`: Mixtral, Qwen3-MoE) as a spec line, every field
+    spelled out; none for a dense model."""
+    moe = model.get("moe")
+    if moe is None:
+        return []
+    dense = f", dense_layers: [{', '.join(map(str, moe['dense_layers']))}]" if moe.get("dense_layers") else ""
+    return [f"  moe: {{experts: {moe['experts']}, top_k: {moe['top_k']}, width: {moe['width']}, "
+            f"renormalize: {_bool(moe['renormalize'])}{dense}}}"]
 
 
 def _check_model(text: str, config_path: str) -> None:

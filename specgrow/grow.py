@@ -2,7 +2,7 @@
 
 `grow_module` runs the same edits as ``specgrow apply`` on a live ``nn.Module`` (specgrow's
 reference model, or a HuggingFace model of a family of `specgrow.arch`: GPT-2, LLaMA, Mistral, Qwen2,
-Qwen3, OLMo 2, Gemma 2, Gemma 3 text, Phi-3, GPT-NeoX) and returns a new
+Qwen3, OLMo 2, Gemma 2, Gemma 3 text, Phi-3, GPT-NeoX, Mixtral, Qwen3-MoE) and returns a new
 module, after the spec was proved and the grown logits were checked against the old ones.
 
 Given an Adam or AdamW optimizer it also returns a new optimizer of the same class and
@@ -40,7 +40,7 @@ except ImportError as _err:  # without the torch extra: one line saying how to g
 
     raise ImportError(needs_torch("specgrow.grow", str(_err))) from None
 
-from specgrow.arch import FAMILIES, REFERENCE, Family
+from specgrow.arch import FAMILIES, REFERENCE, Family, grown_family
 from specgrow.errors import CheckpointError, InputError, NumericCheckError, SpecError
 from specgrow.lower.checkpoint import MemoryTensors, RoleSource, stored_tensors, unshared
 from specgrow.lower.numeric import compare, tokens_for
@@ -74,7 +74,7 @@ def _kind_of(model, spec, before: ModelShape, first: bool) -> _Kind:
     if config is None or not hasattr(config, "to_dict"):
         raise InputError(f"grow_module: cannot grow a {type(model).__name__}; expected specgrow's ReferenceModel "
                          "or a HuggingFace causal LM of a family specgrow reads (GPT-2, LLaMA, Mistral, Qwen2, "
-                         "Qwen3, OLMo 2, Gemma 2, Gemma 3 text, Phi-3, GPT-NeoX)", path="model")
+                         "Qwen3, OLMo 2, Gemma 2, Gemma 3 text, Phi-3, GPT-NeoX, Mixtral, Qwen3-MoE)", path="model")
     from specgrow.arch.hf import cross_check, family_of
 
     data = config.to_dict()
@@ -120,7 +120,11 @@ def _grow(model, optimizer, spec, steps, *, allow_unproved: bool, check: bool):
     device, dtype = param.device, param.dtype
     named = _named_state(model)
     source = RoleSource(MemoryTensors(named), kind.family, before, "model")
-    grown_named = unshared(stored_tensors(chain(source, concrete, device), kind.family, kind.prefix, after),
+    family = grown_family(kind.family, after)  # the module's, or the MoE family upcycling makes it
+    if optimizer is not None and family is not kind.family:
+        raise InputError(f"grow_module: growing optimizer state from {kind.family.name} into {family.name} "
+                         "(upcycled experts) is not supported", path="optimizer")
+    grown_named = unshared(stored_tensors(chain(source, concrete, device), family, kind.prefix, after),
                             named.values())
     grown = _build(model, kind, after, grown_named, steps, device, dtype)
     if check:
@@ -139,9 +143,13 @@ def _build(model, kind: _Kind, after: ModelShape, state: dict, steps, device, dt
         from specgrow.arch.hf import grown_config
 
         config = grown_config(kind.config, after, _origins(steps))
-        config_class = type(model.config)
         with torch.device(device):
-            grown = type(model)(config_class.from_dict(config)).to(dtype)
+            if config["model_type"] == kind.config["model_type"]:
+                grown = type(model)(type(model.config).from_dict(config)).to(dtype)
+            else:  # upcycled into another family (llama -> mixtral): its own config and model classes
+                from transformers import AutoConfig, AutoModelForCausalLM
+
+                grown = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).to(dtype)
         missing, unexpected = grown.load_state_dict(state, strict=False)
         tied = getattr(grown, "_tied_weights_keys", None) or ()
         left = [name for name in missing if not kind.family.is_ignored(name) and name not in tied

@@ -3,7 +3,9 @@
 A role is a tensor of the reference model in the torch layout ``[out, in]``
 (`specgrow.shape.GLOBAL_ROLES`, `LAYER_ROLES`). A `Stored` tensor is what a checkpoint
 file holds: one role, or several concatenated along the role's output axis (GPT-2's fused
-``c_attn`` = q | k | v), possibly transposed (GPT-2's Conv1D keeps ``[in, out]``).
+``c_attn`` = q | k | v), possibly transposed (GPT-2's Conv1D keeps ``[in, out]``). Experts
+are packed in a live module (Mixtral's ``gate_up_proj`` (E, 2I, H) = gate | up along axis 1)
+and saved one tensor per expert (`Stored.per_expert`, `Saved`).
 
 >>> family = FAMILIES["gpt2"]
 >>> [s.template for s in family.layer if "attn.q.weight" in s.roles]
@@ -12,6 +14,8 @@ file holds: one role, or several concatenated along the role's output axis (GPT-
 'model.layers.3.self_attn.q_proj.weight'
 >>> FAMILIES["olmo2"].display_name("attn.k_norm_all.weight", 1)
 'model.layers.1.self_attn.k_norm.weight'
+>>> FAMILIES["mixtral"].display_name("mlp.experts.up.weight", 0)
+'model.layers.0.block_sparse_moe.experts.*.w3.weight'
 """
 
 from __future__ import annotations
@@ -39,6 +43,30 @@ class Stored:
     # save (GPT-NeoX's ``embed_out.weight`` for ``lm_head.weight``); read under either name, written under this
     # one in safetensors files (a live module's state_dict and DCP checkpoints use the template's)
     saved: str | None = None
+    # the axis the roles are concatenated along: 0, or 1 for experts packed in a module (roles [experts, out,
+    # in]: Mixtral's ``gate_up_proj`` (E, 2I, H) holds gate | up, as ``.chunk(2, dim=-1)`` reads it)
+    axis: int = 0
+    # the names ``save_pretrained`` writes each expert's slice of each role under, one template per role, "{e}"
+    # standing for the expert (Qwen3-MoE's ``layers.{}.mlp.experts.{e}.gate_proj.weight``): on disk one tensor
+    # per expert and role, each [out, in]; in a live module's state_dict and DCP checkpoints the template's
+    per_expert: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One tensor of a checkpoint: a stored tensor whole, or (``role`` set, `Stored.per_expert`) the slice
+    of one role that one expert holds."""
+
+    name: str
+    stored: Stored
+    layer: int | None
+    role: str | None = None
+    expert: int | None = None
+
+    def shape(self, shape: ModelShape) -> tuple[int, ...]:
+        if self.role is None:
+            return stored_shape(self.stored, shape, self.layer)
+        return shape.role_shape(self.role, self.layer)[1:]
 
 
 @dataclass(frozen=True)
@@ -52,17 +80,54 @@ class Family:
     # model fields every checkpoint of the family has, with their value (`PLAIN` by default):
     # a spec whose model says otherwise describes another family
     features: tuple[tuple[str, object], ...] = ()
+    # which layers may have experts: "none", "every" (Mixtral) or "any" (Qwen3-MoE's mlp_only_layers)
+    experts: str = "none"
+    # the family a checkpoint becomes when its dense MLPs are upcycled into experts (llama -> mixtral)
+    upcycled: str | None = None
+    biases: bool = True  # False: the modules have no biases, whatever the config says (Mixtral)
 
     def name_of(self, stored: Stored, layer: int | None, prefix: str) -> str:
         name = stored.template.format(layer) if layer is not None else stored.template
         return prefix + name if stored.prefixed else name
 
     def stored_tensors(self, shape: ModelShape, prefix: str) -> list[tuple[str, Stored, int | None]]:
-        """``(name, stored, layer)`` of every tensor a checkpoint of ``shape`` holds, in model order."""
-        out = [(self.name_of(s, None, prefix), s, None) for s in self.globals if _has(shape, s)]
+        """``(name, stored, layer)`` of every tensor a module of ``shape`` holds, in model order."""
+        out = [(self.name_of(s, None, prefix), s, None) for s in self.globals if _has(shape, s, None)]
         for i in range(len(shape.layers)):
-            out += [(self.name_of(s, i, prefix), s, i) for s in self.layer if _has(shape, s)]
+            out += [(self.name_of(s, i, prefix), s, i) for s in self.layer if _has(shape, s, i)]
         return out
+
+    def saved_tensors(self, shape: ModelShape, prefix: str) -> list[Saved]:
+        """Every tensor ``save_pretrained`` writes for a model of ``shape``, in model order: each stored
+        tensor under its `saved_name`, or one tensor per role and expert (`Stored.per_expert`)."""
+        return [part for _, stored, layer in self.stored_tensors(shape, prefix)
+                for part in self._saved_parts(stored, layer, prefix, shape)]
+
+    def layout(self, stored: Stored, layer: int | None, prefix: str, shape: ModelShape, names) -> list[Saved]:
+        """The tensors a checkpoint holding ``names`` stores ``stored`` as: the module's one tensor when it has
+        that name, else as ``save_pretrained`` writes it (`saved_name`, or one tensor per role and expert)."""
+        module = self.name_of(stored, layer, prefix)
+        if module in names:
+            return [Saved(module, stored, layer)]
+        parts = self._saved_parts(stored, layer, prefix, shape)
+        if stored.per_expert or parts[0].name in names:
+            return parts
+        return [Saved(module, stored, layer)]  # missing either way: named as the module names it
+
+    def _saved_parts(self, stored: Stored, layer: int | None, prefix: str, shape: ModelShape) -> list[Saved]:
+        if not stored.per_expert:
+            return [Saved(self.saved_name(stored, layer, prefix), stored, layer)]
+        experts = shape.role_shape(stored.roles[0], layer)[0]
+        return [Saved(self.expert_name(stored, layer, prefix, j, e), stored, layer, role, e)
+                for j, role in enumerate(stored.roles) for e in range(experts)]
+
+    def expert_name(self, stored: Stored, layer: int | None, prefix: str, role: int, expert) -> str:
+        """The name ``save_pretrained`` gives expert ``expert``'s slice of ``stored``'s role number ``role``.
+
+        >>> QWEN3_MOE.expert_name(QWEN3_MOE.stored_of("mlp.experts.up.weight", 0), 2, "model.", 1, 5)
+        'model.layers.2.mlp.experts.5.up_proj.weight'
+        """
+        return prefix + stored.per_expert[role].format(layer, e=expert)
 
     def is_ignored(self, name: str) -> bool:
         return re.search(self.ignored, name) is not None
@@ -107,6 +172,8 @@ class Family:
             stored = self.stored_of(role, layer)
         except KeyError:
             return ("" if layer is None else f"layers.{layer}.") + f"{role} (no {self.name} tensor holds it)"
+        if stored.per_expert:  # one tensor per expert: "*" for the expert
+            return self.expert_name(stored, layer, self.prefixes[0], stored.roles.index(role), "*")
         name = self.saved_name(stored, layer, self.prefixes[0])
         part = f"[{role.split('.')[1]}]" if len(stored.roles) > 1 else ""
         return name + part + (".T" if stored.transposed else "")
@@ -121,14 +188,15 @@ class Family:
 
 
 def stored_shape(stored: Stored, shape: ModelShape, layer: int | None) -> tuple[int, ...]:
-    """The stored tensor's shape: its roles' shapes stacked on axis 0, reversed if Conv1D."""
+    """The stored tensor's shape: its roles' shapes stacked on `Stored.axis`, reversed if Conv1D."""
     parts = [shape.role_shape(role, layer) for role in stored.roles]
-    out = (sum(p[0] for p in parts),) + parts[0][1:]
+    a = stored.axis
+    out = parts[0][:a] + (sum(p[a] for p in parts),) + parts[0][a + 1:]
     return out[::-1] if stored.transposed else out
 
 
 def stored_segments(stored: Stored, rows: list[int], heads: int | None = None) -> list[tuple[str, int, int]]:
-    """The stored tensor's rows (axis 0 of its ``[out, in]`` layout) as ``(role, start, stop)`` rows of its
+    """The stored tensor's rows (`Stored.axis` of its ``[out, in]`` layout) as ``(role, start, stop)`` rows of its
     roles, in stored order: each role whole in turn, or (`Stored.per_head`) head by head. ``rows``: each
     role's rows; ``heads``: the layer's heads (per_head only; every role's rows split into as many blocks).
 
@@ -146,12 +214,12 @@ def stored_segments(stored: Stored, rows: list[int], heads: int | None = None) -
 
 def segments_of(stored: Stored, shape: ModelShape, layer: int | None) -> list[tuple[str, int, int]]:
     """`stored_segments` of a stored tensor of ``shape`` (its roles' rows and the layer's heads)."""
-    rows = [shape.role_shape(role, layer)[0] for role in stored.roles]
+    rows = [shape.role_shape(role, layer)[stored.axis] for role in stored.roles]
     return stored_segments(stored, rows, shape.layers[layer].heads if stored.per_head else None)
 
 
-def _has(shape: ModelShape, stored: Stored) -> bool:
-    present = [shape.has_role(role) for role in stored.roles]
+def _has(shape: ModelShape, stored: Stored, layer: int | None) -> bool:
+    present = [shape.has_role(role, layer) for role in stored.roles]
     if any(present) and not all(present):  # e.g. GPT-2's c_attn.bias without a k bias
         raise ValueError(f"{stored.template} holds {stored.roles}, of which only some exist in the model")
     return all(present)
@@ -225,6 +293,7 @@ LLAMA = Family(
     prefixes=("model.", ""),
     ignored=r"rotary_emb\.inv_freq$",
     features=_features(),
+    upcycled="mixtral",
 )
 
 QWEN3 = Family(  # LLaMA names plus a per-head QK-norm (q_norm, k_norm over head_dim, before RoPE)
@@ -242,6 +311,54 @@ QWEN3 = Family(  # LLaMA names plus a per-head QK-norm (q_norm, k_norm over head
     prefixes=LLAMA.prefixes,
     ignored=LLAMA.ignored,
     features=_features(qk_norm="head"),
+    upcycled="qwen3_moe",
+)
+
+# Mixture-of-experts layers as transformers' modules hold them: the router (mlp.gate), the experts packed,
+# gate_up_proj (E, 2I, H) = gate | up along axis 1 and down_proj (E, H, I); ``save_pretrained`` writes one
+# tensor per expert (transformers' conversion mapping merges them back on load)
+def _experts(block: str, gate: str, up: str, down: str) -> tuple[Stored, ...]:
+    experts = f"layers.{{}}.{block}.experts.{{e}}"
+    return (
+        Stored("layers.{}.mlp.experts.gate_up_proj", ("mlp.experts.gate.weight", "mlp.experts.up.weight"), axis=1,
+               per_expert=(f"{experts}.{gate}.weight", f"{experts}.{up}.weight")),
+        Stored("layers.{}.mlp.experts.down_proj", ("mlp.experts.down.weight",), per_expert=(f"{experts}.{down}.weight",)),
+    )
+
+
+QWEN3_MOE = Family(  # Qwen3's attention; MoE layers (router mlp.gate, experts mlp.experts.{e}.{gate,up,down}_proj on
+    # disk) but the dense ones (mlp_only_layers, decoder_sparse_step) with Qwen3's MLP
+    name="qwen3_moe",
+    model_types=("qwen3_moe",),
+    globals=LLAMA.globals,
+    layer=(
+        *QWEN3.layer,
+        _one("layers.{}.mlp.gate.weight", "mlp.router.weight"),
+        *_experts("mlp", "gate_proj", "up_proj", "down_proj"),
+    ),
+    prefixes=LLAMA.prefixes,
+    ignored=LLAMA.ignored,
+    features=_features(("renormalize",), qk_norm="head"),  # renormalize: norm_topk_prob
+    experts="any",
+)
+
+MIXTRAL = Family(  # LLaMA's attention without biases, every layer a mixture of experts routed to renormalised top-k
+    # weights; saved under block_sparse_moe (router gate, experts w1 = gate, w3 = up, w2 = down), held under mlp
+    name="mixtral",
+    model_types=("mixtral",),
+    globals=LLAMA.globals,
+    layer=(
+        _one("layers.{}.input_layernorm.weight", "attn_norm.weight"),
+        *_LLAMA_ATTENTION,  # no biases in HF: never present
+        _one("layers.{}.post_attention_layernorm.weight", "mlp_norm.weight"),
+        _one("layers.{}.mlp.gate.weight", "mlp.router.weight", saved="layers.{}.block_sparse_moe.gate.weight"),
+        *_experts("block_sparse_moe", "w1", "w3", "w2"),
+    ),
+    prefixes=LLAMA.prefixes,
+    ignored=LLAMA.ignored,
+    features=_features(renormalize=True),
+    experts="every",
+    biases=False,
 )
 
 OLMO2 = Family(  # no pre-norms: each sublayer's output is normed (post_attention_layernorm,
@@ -350,6 +467,57 @@ REFERENCE = Family(  # specgrow's own names: `specgrow.shape.tensor_name`
     layer=tuple(_one("layers.{}." + role, role) for role in LAYER_ROLES),
     prefixes=("",),
     ignored=r"(?!)",
+    experts="any",
 )
 
-FAMILIES = {family.name: family for family in (REFERENCE, GPT2, LLAMA, QWEN3, OLMO2, GEMMA2, GEMMA3, PHI3, GPT_NEOX)}
+FAMILIES = {family.name: family for family in (REFERENCE, GPT2, LLAMA, QWEN3, OLMO2, GEMMA2, GEMMA3, PHI3, GPT_NEOX,
+                                               QWEN3_MOE, MIXTRAL)}
+
+
+
+def experts_problem(arch: str, moe: list[bool], renormalize: bool, bias: tuple[str, ...], model: str,
+                    grown: bool) -> str | None:
+    """Why no checkpoint of family ``arch`` holds ``model`` (e.g. "the grown model"), whose layers have
+    experts where ``moe`` says, routed to renormalised top-k weights or not, with biases on ``bias``; None
+    when one does. A ``grown`` model is written in the family its experts make it (`Family.upcycled`).
+
+    >>> experts_problem("llama", [True, False], True, (), "the grown model", grown=True)
+    'mixtral (what llama becomes with experts) has experts in every layer: layer 1 of the grown model keeps a \
+dense MLP; upcycle every layer'
+    """
+    if not any(moe):
+        return None
+    family = FAMILIES[arch]
+    if grown and family.upcycled is not None:
+        family = FAMILIES[family.upcycled]
+    name = family.name if family.name == arch else f"{family.name} (what {arch} becomes with experts)"
+    if family.experts == "none":
+        if not grown and family.upcycled is not None:
+            return f"arch {arch} has no mixture-of-experts layers: a checkpoint with experts is arch {family.upcycled}"
+        into = " and ".join(f"{f.name} (into {f.upcycled})" for f in FAMILIES.values() if f.upcycled)
+        return f"arch {arch} has no mixture-of-experts layers; specgrow upcycles {into}"
+    dense = [i for i, has in enumerate(moe) if not has]
+    if family.experts == "every" and dense:
+        layers = f"layer {dense[0]}" if len(dense) == 1 else f"layers {', '.join(map(str, dense))}"
+        return (f"{name} has experts in every layer: {layers} of {model} keep{'s' if len(dense) == 1 else ''} a "
+                "dense MLP; upcycle every layer")
+    fixed = dict(family.features).get("renormalize")
+    if fixed is not None and renormalize != fixed:
+        return (f"{name} always renormalises the top-k weights to sum 1 (renormalize: true); {model} has "
+                "renormalize: false")
+    if not family.biases and bias:
+        return f"{name} has no biases; {model} has biases on {', '.join(bias)}"
+    return None
+
+
+def grown_family(family: Family, after: ModelShape) -> Family:
+    """The family a grown checkpoint is written in: ``family``, or the one its upcycled experts make it
+    (`Family.upcycled`).
+
+    >>> from specgrow.shape import LayerShape
+    >>> grown_family(LLAMA, ModelShape(8, 16, 4, (LayerShape(32, 2, 2, 4, 4, experts=4, top_k=2),))).name
+    'mixtral'
+    """
+    if family.upcycled is not None and any(s.experts for s in after.layers):
+        return FAMILIES[family.upcycled]
+    return family

@@ -23,9 +23,9 @@ import math
 import re
 from pathlib import Path
 
-from specgrow.arch import FAMILIES, stored_shape
+from specgrow.arch import FAMILIES, grown_family
 from specgrow.errors import CheckpointError, InputError, SpecError, SpecErrors
-from specgrow.shape import GLOBAL_ROLES, LAYER_ROLES, ModelShape
+from specgrow.shape import EXPERT_ROLES, GLOBAL_ROLES, LAYER_ROLES, ModelShape
 from specgrow.spec.schema import load_schema
 from specgrow.spec.types import PROJECTIONS
 
@@ -89,6 +89,25 @@ NEOX_KEYS = {"hidden_size": "hidden", "num_attention_heads": "heads", "intermedi
 KEYS.update(phi3=PHI3_KEYS, gpt_neox=NEOX_KEYS)
 DEFAULTS.update(phi3={"rms_norm_eps": 1e-5}, gpt_neox={"layer_norm_eps": 1e-5, "hidden_act": "gelu", "rotary_pct": 0.25,
                                                        "use_parallel_residual": True, "attention_bias": True})
+# Mixtral (MixtralConfig) and Qwen3-MoE (Qwen3MoeConfig): the experts' count as num_local_experts (both classes map
+# num_experts onto it), top-k, Mixtral's expert width intermediate_size and RoPE base 1e6 by default; Qwen3-MoE's
+# expert width moe_intermediate_size (intermediate_size: its dense layers'), norm_topk_prob, dense layers by
+# mlp_only_layers and decoder_sparse_step, head_dim hidden // heads when absent. router_jitter_noise only
+# scales the input in training: the function in eval mode, which growth preserves, does not see it.
+MOE_KEYS = {"num_local_experts": "count", "num_experts": "count", "num_experts_per_tok": "context"}
+MIXTRAL_KEYS = {**{key: kind for key, kind in LLAMA_KEYS.items() if key not in (
+    "attention_bias", "mlp_bias", "use_sliding_window", "max_window_layers", "layer_types")},
+    **MOE_KEYS, "router_jitter_noise": "eps"}
+QWEN3_MOE_KEYS = {**{key: kind for key, kind in QWEN3_KEYS.items() if key not in ("max_window_layers", "layer_types")},
+                  **MOE_KEYS, "moe_intermediate_size": "mlp", "norm_topk_prob": "boolean",
+                  "decoder_sparse_step": "context", "mlp_only_layers": "indices"}
+KEYS.update(mixtral=MIXTRAL_KEYS, qwen3_moe=QWEN3_MOE_KEYS)
+DEFAULTS.update(mixtral={"rms_norm_eps": 1e-5, "num_key_value_heads": 8, "rope_theta": 1e6,
+                         "num_local_experts": 8, "num_experts_per_tok": 2},
+                qwen3_moe={"rms_norm_eps": 1e-6, "num_key_value_heads": 4, "num_local_experts": 128,
+                           "num_experts_per_tok": 8, "moe_intermediate_size": 768, "norm_topk_prob": False,
+                           "decoder_sparse_step": 1})
+ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}  # upcycled checkpoints' class
 PARTIAL_ROTARY = {"phi3": ("partial_rotary_factor", 1.0), "gpt_neox": ("rotary_pct", 0.25)}  # top-level key, default
 ROPE_KEYS = {"rope_type": "string", "type": "string", "rope_theta": "theta"}  # in rope_parameters, rope_scaling
 ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
@@ -116,6 +135,8 @@ KINDS = {  # kind: (what is expected, test)
     "string": ("a string", lambda v: isinstance(v, str)),
     "object": ("an object", lambda v: isinstance(v, dict)),
     "strings": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "indices": ("a list of integers >= 0", lambda v: isinstance(v, list) and all(_is_int(x) and 0 <= x < 2**63
+                                                                                 for x in v)),
 }
 
 
@@ -132,7 +153,7 @@ def family_of(config: dict, path: str) -> str:
                           f"(expected {MODEL_TYPES})", path=path)
 
 
-MODEL_TYPES = "gpt2, llama, mistral, qwen2, qwen3, olmo2, gemma2, gemma3_text, phi3 or gpt_neox"
+MODEL_TYPES = "gpt2, llama, mistral, qwen2, qwen3, olmo2, gemma2, gemma3_text, phi3, gpt_neox, mixtral or qwen3_moe"
 
 
 def read_config(directory: Path) -> dict:
@@ -301,7 +322,7 @@ def rope_parameters(config: dict, path: str) -> dict:
     if partial is not None and partial != 1.0 and model_type not in PARTIAL_ROTARY:  # phi3, gpt_neox: rotary_dims
         raise CheckpointError("config.json: partial_rotary_factor other than 1 is not supported", path=path)
     top = "rotary_emb_base" if model_type == "gpt_neox" else "rope_theta"  # GPTNeoXConfig reads no rope_theta
-    theta = _get(source, "rope_theta", _get(config, top, 10000.0))
+    theta = _get(source, "rope_theta", _get(config, top, DEFAULTS.get(model_type, {}).get("rope_theta", 10000.0)))
     out = {"rope_type": kind, "rope_theta": float(theta)}
     if kind == "default":
         return out
@@ -474,7 +495,7 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
         bias = ()
     elif family in ("qwen3", "olmo2"):  # attention_bias: q, k, v and o; the MLP has none
         bias = attention if config.get("attention_bias") else ()
-    elif family == "phi3":  # Phi-3's projections have no biases, whatever the config says
+    elif family in ("phi3", "mixtral"):  # their projections have no biases, whatever the config says
         bias = ()
     else:
         bias = (attention if config.get("attention_bias") else ()) + (mlp if config.get("mlp_bias") else ())
@@ -491,7 +512,47 @@ def expected_model(config: dict, path: str = "config.json") -> dict:
         "final_norm": True, "tie_embeddings": bool(config.get("tie_word_embeddings", False)), "bias": bias,
         **_fixed(family, "qk_norm", "norm_position"),
         **(rotary_field(config, path, head_dim) if family == "phi3" else {}),
+        **(moe_field(config, path) if FAMILIES[family].experts != "none" else {}),
     }
+
+
+def experts_of(config: dict, path: str) -> tuple[int, int]:
+    """``(experts, top_k)`` of a Mixtral or Qwen3-MoE config: num_local_experts, or num_experts (both
+    classes map one onto the other), and num_experts_per_tok, with their classes' defaults."""
+    defaults = DEFAULTS[config["model_type"]]
+    given = {key: config[key] for key in ("num_local_experts", "num_experts") if config.get(key) is not None}
+    if len(set(given.values())) > 1:
+        raise CheckpointError(f"config.json: num_local_experts {given['num_local_experts']} and num_experts "
+                              f"{given['num_experts']} disagree (transformers reads them as one)", path=path)
+    experts = next(iter(given.values()), defaults["num_local_experts"])
+    return experts, _get(config, "num_experts_per_tok", defaults["num_experts_per_tok"])
+
+
+def moe_layers(config: dict, path: str) -> list[bool]:
+    """Which layers are mixtures of experts: every one (Mixtral), or as Qwen3-MoE decides it: layer i unless
+    it is in mlp_only_layers, none when there are no experts, else every decoder_sparse_step-th."""
+    layers = _get(config, "num_hidden_layers", 0)
+    if config["model_type"] == "mixtral":
+        return [True] * layers
+    experts, step = experts_of(config, path)[0], _get(config, "decoder_sparse_step", 1)
+    dense = set(_get(config, "mlp_only_layers", []))
+    return [i not in dense and experts > 0 and (i + 1) % step == 0 for i in range(layers)]
+
+
+def moe_field(config: dict, path: str) -> dict:
+    """``{"moe": ...}`` of `expected_model` for a Mixtral or Qwen3-MoE config; ``{}`` when no layer has experts."""
+    moe = moe_layers(config, path)
+    if not any(moe):
+        return {}
+    experts, top_k = experts_of(config, path)
+    mixtral = config["model_type"] == "mixtral"
+    defaults = DEFAULTS[config["model_type"]]
+    width = _require(config, "intermediate_size", path) if mixtral else \
+        _get(config, "moe_intermediate_size", defaults["moe_intermediate_size"])
+    renormalize = True if mixtral else bool(_get(config, "norm_topk_prob", defaults["norm_topk_prob"]))
+    dense = [i for i, has in enumerate(moe) if not has]
+    return {"moe": {"experts": experts, "top_k": top_k, "width": width, "renormalize": renormalize,
+                    **({"dense_layers": dense} if dense else {})}}  # the spec has no empty list for none
 
 
 def _fixed(family: str, *names: str) -> dict:
@@ -515,7 +576,13 @@ def mismatches(model, config: dict, path: str) -> list[tuple[str, object, object
                  layer_types=list(model.layer_types) or ["full_attention"] * model.dims.layers,
                  rope_local_theta=model.rope_local_theta)
     found.update(rotary_dims=model.rotary_dims, parallel_residual=model.parallel_residual)  # Phi-3, GPT-NeoX
+    found["moe"] = None if not model.experts else {  # Mixtral, Qwen3-MoE
+        "experts": model.experts, "top_k": model.top_k, "width": model.expert_mlp, "renormalize": model.renormalize,
+        "dense_layers": list(model.dense_layers)}
     expected = expected_model(config, path)
+    expected.setdefault("moe", None)
+    if expected["moe"] is not None:  # no dense layers: the spec leaves dense_layers out
+        expected["moe"].setdefault("dense_layers", [])
     if expected["position"] == "rope":
         expected.setdefault("rope_scaling", {})
     if expected["arch"] in PARTIAL_ROTARY:  # every dim turns: the spec leaves rotary_dims out
@@ -527,6 +594,10 @@ def mismatches(model, config: dict, path: str) -> list[tuple[str, object, object
             positions = model.dims.positions
             if not _same(effective_scaling(have, positions), effective_scaling(want, positions)):
                 out.append(("model.rope_scaling", have, want))
+            continue
+        if key == "moe" and (want is None or found[key] is None):  # experts on one side only
+            if found[key] != want:
+                out.append(("model.moe", found[key], want))
             continue
         for sub, value in want.items() if isinstance(want, dict) else [(None, want)]:
             have = found[key][sub] if sub else found[key]
@@ -638,28 +709,32 @@ def tensor_mismatches(model, shapes: dict) -> list[tuple[str, str, tuple[str, ..
     """``(field, message, causes)`` for each kind of disagreement between the stored tensors
     ``shapes`` (name -> shape) and those of the spec's ``model``: one line per field and kind
     (missing, unexpected, of another shape), naming the first tensor and how many more. ``causes``
-    are the fields that could explain it (the dims of an axis of another size)."""
+    are the fields that could explain it (the dims of an axis of another size). Each stored tensor is
+    looked for as the checkpoint holds it (`specgrow.arch.Family.layout`: a module's name, or
+    ``save_pretrained``'s, experts one tensor per expert)."""
     family, shape = FAMILIES[model.arch], ModelShape.from_spec(model)
     prefix = family.prefix_of(shapes)
-    shapes = {family.module_name(name, prefix): value for name, value in shapes.items()}  # GPT-NeoX's embed_out
     try:
         stored = family.stored_tensors(shape, prefix)
     except ValueError as exc:  # e.g. GPT-2's fused c_attn.bias with a bias on q only
         return [("model.bias", str(exc), ())]
     present = {_parse(family, prefix, name)[1] for name in shapes}  # the layers the checkpoint has
     found = []  # (field, kind, name, detail, causes)
-    for name, item, layer in stored:
-        want = stored_shape(item, shape, layer)
-        if name not in shapes:
-            field = "model.dims.layers" if layer is not None and layer not in present else _field_of(item)
-            found.append((field, "missing", name, None, ()))
-        elif tuple(shapes[name]) != want:
-            causes = _dims_of(item, layer, want, tuple(shapes[name]))
-            field = f"model.dims.{causes[0]}" if len(causes) == 1 else "model.dims"
-            found.append((field, "shape", name, (want, tuple(shapes[name])), tuple(f"model.dims.{d}" for d in causes)))
-    expected = {name for name, _, _ in stored}
+    expected = set()
+    for _, item, layer in stored:
+        for part in family.layout(item, layer, prefix, shape, shapes):
+            expected.add(part.name)
+            want, have = part.shape(shape), tuple(shapes.get(part.name, ()))
+            if part.name not in shapes:
+                field = "model.dims.layers" if layer is not None and layer not in present else _field_of(item)
+                found.append((field, "missing", part.name, None, ()))
+            elif have != want:
+                causes = _dims_of(part, want, have)
+                field = causes[0] if len(causes) == 1 else "model.dims"
+                found.append((field, "shape", part.name, (want, have), causes))
     if shape.tie_embeddings:  # a tied checkpoint may still store the head
-        expected.add(family.name_of(family.stored_of("unembed.weight", None), None, prefix))
+        head = family.stored_of("unembed.weight", None)
+        expected |= {family.name_of(head, None, prefix), family.saved_name(head, None, prefix)}
     for name in shapes:
         if name not in expected and not family.is_ignored(name):
             item, layer = _parse(family, prefix, name)
@@ -690,21 +765,27 @@ def _grouped(found: list) -> list[tuple[str, str, tuple[str, ...]]]:
 
 
 def _parse(family, prefix: str, name: str):
-    """``(stored, layer)`` of a stored tensor's name by the family's table; ``(None, None)`` if none fits."""
+    """``(stored, layer)`` of a stored tensor's name by the family's table (under any name it may have:
+    the module's, ``save_pretrained``'s, or one expert's); ``(None, None)`` if none fits."""
     for item in family.globals:
-        if name == family.name_of(item, None, prefix):
+        if name in (family.name_of(item, None, prefix), family.saved_name(item, None, prefix)):
             return item, None
     for item in family.layer:
-        pattern = re.escape(family.name_of(item, 0, prefix)).replace(r"\.0\.", r"\.(\d+)\.", 1)
-        match = re.fullmatch(pattern, name)
-        if match:
-            return item, int(match.group(1))
+        for template in (item.template, item.saved, *item.per_expert):
+            if template is None:
+                continue
+            pattern = re.escape(prefix + template).replace(r"\{\}", r"(\d+)", 1).replace(r"\{e\}", r"\d+")
+            match = re.fullmatch(pattern, name)
+            if match:
+                return item, int(match.group(1))
     return None, None
 
 
 def _field_of(item) -> str:
     """The model field that decides whether a stored tensor exists."""
     role = item.roles[0]
+    if role in EXPERT_ROLES:
+        return "model.moe"
     if role.endswith("norm.bias"):
         return "model.norm"
     if role.startswith("final_norm."):
@@ -715,13 +796,25 @@ def _field_of(item) -> str:
             "mlp.gate.weight": "model.activation"}.get(role, "model.arch")
 
 
-def _dims_of(item, layer: int | None, want: tuple, got: tuple) -> tuple[str, ...]:
-    """The dims that size the axes where ``got`` differs from ``want`` (every axis if their ranks differ)."""
-    spaces = [(GLOBAL_ROLES if layer is None else LAYER_ROLES)[role] for role in item.roles]
-    axes = [[d for s in spaces for d in SPACE_DIMS[s[0]]]] + [list(SPACE_DIMS[s]) for s in spaces[0][1:]]
+def _dims_of(part, want: tuple, got: tuple) -> tuple[str, ...]:
+    """The fields that size the axes where ``got`` differs from ``want`` (every axis if their ranks differ):
+    ``model.dims.*``, and ``model.moe.experts`` / ``model.moe.width`` for the experts' axes."""
+    item, layer = part.stored, part.layer
+    roles = (part.role,) if part.role is not None else item.roles
+    spaces = [(GLOBAL_ROLES if layer is None else LAYER_ROLES)[role][0 if part.role is None else 1:] for role in roles]
+    moe = roles[0] in EXPERT_ROLES
+    stacked = 0 if part.role is not None else item.axis  # the axis the roles are concatenated along
+    axes = [[f for s in spaces for f in _space_fields(s[a], moe)] if a == stacked else _space_fields(spaces[0][a], moe)
+            for a in range(len(spaces[0]))]
     axes = axes[::-1] if item.transposed else axes
     wrong = range(len(axes)) if len(got) != len(want) else [i for i in range(len(want)) if got[i] != want[i]]
     return tuple(dict.fromkeys(d for i in wrong for d in axes[i]))
+
+
+def _space_fields(space: str, moe: bool) -> list[str]:
+    if space == "experts" or (moe and space == "mlp"):
+        return ["model.moe.experts" if space == "experts" else "model.moe.width"]
+    return [f"model.dims.{d}" for d in SPACE_DIMS[space]]
 
 
 def layer_origins(spec) -> list[int]:
@@ -739,7 +832,11 @@ def grown_config(config: dict, after: ModelShape, origins: list[int]) -> dict:
     layer type. The rope parameters are written as transformers standardizes them (`rope_parameters`):
     in ``rope_parameters`` (rope_type, rope_theta and the scaling's keys), in the legacy top-level
     ``rope_theta``, and in the legacy ``rope_scaling`` (the scaling without rope_theta; null when
-    there is none), so that transformers rebuilds the same frequencies for the grown head_dim."""
+    there is none), so that transformers rebuilds the same frequencies for the grown head_dim.
+
+    Mixtral and Qwen3-MoE: the experts' keys (`_experts_grown`). A dense checkpoint whose layers were
+    upcycled becomes a config of the family its experts make it (`specgrow.arch.grown_family`: llama ->
+    mixtral, qwen3 -> qwen3_moe; `_upcycled`)."""
     out = dict(config)
     layer = after.layers[0]
     if out["model_type"] == "gpt2":
@@ -751,9 +848,15 @@ def grown_config(config: dict, after: ModelShape, origins: list[int]) -> dict:
     out.update(hidden_size=after.hidden, intermediate_size=layer.mlp, num_attention_heads=layer.heads,
                num_key_value_heads=layer.kv_heads, head_dim=layer.key, num_hidden_layers=len(after.layers),
                rms_norm_eps=after.norm_eps)  # hidden growth rescales eps by h/h' (gain-and-eps)
+    family = family_of(config, "config.json")
+    target = grown_family(FAMILIES[family], after).name
     types = layer_types(config)
-    if types is not None:
+    if target != family:
+        out = _upcycled(out, config, family, target)
+    elif types is not None:
         out["layer_types"] = [types[i] for i in origins]
+    if FAMILIES[target].experts != "none":
+        _experts_grown(out, config, after, target)
     if out["model_type"] == "gemma3_text":  # rope parameters per layer type
         return _gemma3_grown_rope(out, config, after)
     params = rope_parameters(config, "config.json")
@@ -766,6 +869,49 @@ def grown_config(config: dict, after: ModelShape, origins: list[int]) -> dict:
         factor = grown_rotary_factor(after.rotary_dims, layer.key, rotary_factor(config, "config.json")[0])
         out["rope_parameters"]["partial_rotary_factor"] = out["partial_rotary_factor"] = factor
     return out
+
+
+def _upcycled(out: dict, config: dict, family: str, target: str) -> dict:
+    """``out`` as a config of ``target``, the family a ``family`` checkpoint becomes with experts: its
+    model_type and class, without the keys only ``family`` reads (llama's attention_bias and mlp_bias,
+    qwen3's layer_types and max_window_layers). `CheckpointError` for layers of mixed attention types
+    (qwen3_moe's sliding window is every layer's or none's)."""
+    types = layer_types(config)
+    if types is not None and len(set(types)) > 1:
+        raise CheckpointError(f"config.json: layer_types: {target} has one attention type for every layer (its "
+                              f"sliding window is every layer's or none's), this {family} checkpoint has "
+                              f"{', '.join(sorted(set(types)))} layers", path="config.json")
+    out = {key: value for key, value in out.items() if key not in KEYS[family] or key in KEYS[target]}
+    out.update(model_type=target, architectures=[ARCHITECTURES[target]])
+    if types:
+        out["use_sliding_window"] = types[0] == "sliding_attention"
+    return out
+
+
+def _experts_grown(out: dict, config: dict, after: ModelShape, target: str) -> None:
+    """The experts' keys of a grown Mixtral or Qwen3-MoE config, in place: the count (num_local_experts, and
+    num_experts, which older transformers read for qwen3_moe), top-k, the expert width (Mixtral's
+    intermediate_size; Qwen3-MoE's moe_intermediate_size, its intermediate_size the dense layers' width),
+    norm_topk_prob, and the dense layers listed in mlp_only_layers (decoder_sparse_step kept when every MoE
+    layer still falls on it, else 1)."""
+    moe = [s for s in after.layers if s.experts]
+    dense = [i for i, s in enumerate(after.layers) if not s.experts]
+    if moe:
+        out.update(num_local_experts=moe[0].experts, num_experts_per_tok=moe[0].top_k)
+        if target == "qwen3_moe" or "num_experts" in config:
+            out["num_experts"] = moe[0].experts
+    if target == "mixtral":
+        if moe:
+            out["intermediate_size"] = moe[0].mlp
+        return
+    out["intermediate_size"] = after.layers[dense[0]].mlp if dense else config.get("intermediate_size",
+                                                                                   out["intermediate_size"])
+    if moe:
+        out.update(moe_intermediate_size=moe[0].mlp, norm_topk_prob=after.renormalize)
+    step = _get(config, "decoder_sparse_step", 1)
+    if any((i + 1) % step for i, s in enumerate(after.layers) if s.experts):
+        step = 1
+    out.update(decoder_sparse_step=step, mlp_only_layers=dense)
 
 
 def layer_types(config: dict) -> list | None:
@@ -791,7 +937,7 @@ def shortest_window(config: dict) -> int | None:
         window = GEMMA_COMMON_DEFAULTS["sliding_window"]
     if not window:
         return None
-    if config.get("model_type") in ("qwen2", "qwen3") and not config.get("use_sliding_window", False):
+    if config.get("model_type") in ("qwen2", "qwen3", "qwen3_moe") and not config.get("use_sliding_window", False):
         return None
     types = layer_types(config)
     if isinstance(types, list) and "sliding_attention" not in types:

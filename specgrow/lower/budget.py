@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from specgrow.arch import stored_shape
+from specgrow.arch import grown_family, stored_shape
 from specgrow.errors import InputError
 
 BAND = 8 << 20  # bytes of one band of rows (`specgrow.lower.stream.bands`)
@@ -59,19 +59,20 @@ def memory_needed(plan, family, dtype_of, source=None, optimizer: str | None = N
     else:
         held = 2 * whole_bytes(family, plan.before, source.dtype)  # the growth's reader and the check's
     loaded, grown = _optimizer_bytes(plan, optimizer)
-    return held + 3 * whole_bytes(family, plan.after, dtype_of) + streaming_bytes(plan.after, dtype_of) \
-        + loaded + 2 * grown
+    return held + 3 * whole_bytes(grown_family(family, plan.after), plan.after, dtype_of) \
+        + streaming_bytes(plan.after, dtype_of) + loaded + 2 * grown
 
 
 def disk_needed(plan, family, dtype_of, optimizer: str | None = None) -> int:
     """Bytes the output's tensors take on disk (headers, config and certificate aside)."""
-    return stored_bytes(family, plan.after, dtype_of) + _optimizer_bytes(plan, optimizer)[1]
+    return stored_bytes(grown_family(family, plan.after), plan.after, dtype_of) + _optimizer_bytes(plan, optimizer)[1]
 
 
 def device_needed(plan, family, dtype_of) -> int:
     """Bytes of GPU memory: the streamed bands, the tensors assembled whole and the check's logits."""
     logits = 2 * TOKENS * max(plan.before.vocab, plan.after.vocab) * 4
-    return streaming_bytes(plan.after, dtype_of) + 3 * whole_bytes(family, plan.after, dtype_of) + logits
+    return streaming_bytes(plan.after, dtype_of) + 3 * whole_bytes(grown_family(family, plan.after), plan.after,
+                                                                   dtype_of) + logits
 
 
 def reference_bytes(shape) -> int:
@@ -85,9 +86,10 @@ def stored_bytes(family, shape, dtype_of) -> int:
 
 
 def whole_bytes(family, shape, dtype_of) -> int:
-    """Bytes of the largest stored tensor read or written whole (fused or Conv1D), 0 if none."""
+    """Bytes of the largest stored tensor read or written whole (fused or Conv1D; not experts, which are
+    read and written expert by expert), 0 if none."""
     return max((_stored_bytes(stored, shape, layer, dtype_of) for _, stored, layer in family.stored_tensors(shape, "")
-                if stored.transposed or len(stored.roles) > 1), default=0)
+                if (stored.transposed or len(stored.roles) > 1) and not stored.per_expert), default=0)
 
 
 def streaming_bytes(shape, dtype_of) -> int:

@@ -22,11 +22,12 @@ import queue
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from specgrow.arch import Family, segments_of, stored_shape
+from specgrow.arch import Family, Saved, Stored, segments_of
 from specgrow.errors import CheckpointError
 from specgrow.lower.links import leaves
 from specgrow.lower.safetensors_io import (
@@ -44,7 +45,9 @@ class RoleSource:
     """The tensors of checkpoint ``files`` as roles of ``shape``, by ``family``'s table.
 
     A fused tensor's roles are found by `specgrow.arch.segments_of` (one after the other, or head
-    by head); a tensor may be stored under its `specgrow.arch.Stored.saved` name instead.
+    by head, or side by side along axis 1 for packed experts); a tensor may be stored under its
+    `specgrow.arch.Stored.saved` name instead, and experts one tensor per expert
+    (`specgrow.arch.Family.layout`): rows of an expert role are experts, each read from its own tensor.
 
     With ``check_finite`` every band read is checked: one that holds NaN or Inf is a
     `CheckpointError` naming the stored tensor and row (an input that is not a model to grow,
@@ -57,15 +60,20 @@ class RoleSource:
         names = files.names()
         self._names = set(names)
         self.prefix = family.prefix_of(names)
-        self.where: dict = {}  # role key -> (stored name, [(stored row, role row, role end)], stored)
+        self.where: dict = {}  # role key -> its `_Place`
         expected = set()
-        for name, stored, layer in family.stored_tensors(shape, self.prefix):
-            name = self._present(name, stored, layer)
-            expected.add(name)
-            self._check(name, stored_shape(stored, shape, layer))
+        for _, stored, layer in family.stored_tensors(shape, self.prefix):
+            parts = family.layout(stored, layer, self.prefix, shape, self._names)
+            for part in parts:
+                self._check(part.name, part.shape(shape))
+                expected.add(part.name)
+            if parts[0].role is not None:  # one tensor per role and expert
+                for role in stored.roles:
+                    self.where[(role, layer)] = _Place(stored, experts=tuple(p.name for p in parts if p.role == role))
+                continue
             offset = 0
             for role, start, stop in segments_of(stored, shape, layer):
-                self.where.setdefault((role, layer), (name, [], stored))[1].append((offset, start, stop))
+                self.where.setdefault((role, layer), _Place(stored, parts[0].name)).pieces.append((offset, start, stop))
                 offset += stop - start
         head = family.stored_of("unembed.weight", None)
         tied = {family.name_of(head, None, self.prefix), family.saved_name(head, None, self.prefix)} \
@@ -75,11 +83,6 @@ class RoleSource:
             raise CheckpointError(f"the input has {len(extra)} tensor(s) the spec's model does not, "
                                   f"e.g. '{extra[0]}'", path=path)
         self._cached: tuple = (None, None)
-
-    def _present(self, name: str, stored, layer: int | None) -> str:
-        """The name the files hold the stored tensor under: ``name``, else its `Stored.saved` name."""
-        saved = self.family.saved_name(stored, layer, self.prefix)
-        return saved if name not in self._names and saved in self._names else name
 
     def _check(self, name: str, shape: tuple[int, ...]) -> None:
         if name not in self._names:
@@ -100,10 +103,19 @@ class RoleSource:
         return self.model.role_shape(*key)
 
     def dtype(self, key) -> torch.dtype:
-        return self.files.dtype(self._locate(key)[0])
+        place = self._locate(key)
+        return self.files.dtype(place.name or place.experts[0])
 
     def rows(self, key, start: int, stop: int) -> torch.Tensor:
-        name, pieces, stored = self._locate(key)
+        place = self._locate(key)
+        name, pieces, stored = place.name, place.pieces, place.stored
+        if place.experts:  # experts start..stop, each from its own tensor
+            if start >= stop:
+                return torch.empty((0,) + self.shape(key)[1:], dtype=self.dtype(key))
+            return torch.stack([self._finite(n, self.files.read(n), 0) for n in place.experts[start:stop]])
+        if stored.axis:  # packed experts: experts start..stop, the role's columns
+            band = self._finite(name, self.files.read_rows(name, start, stop), start)  # (experts, out, in)
+            return torch.cat([band[:, at:at + high - low] for at, low, high in pieces], dim=1)
         spans = [(at + max(start, low) - low, at + min(stop, high) - low)  # the stored rows, in role order
                  for at, low, high in pieces if max(start, low) < min(stop, high)]
         if not spans:
@@ -129,10 +141,21 @@ class RoleSource:
         raise CheckpointError(f"input tensor '{name}' is not finite: row {first + row} holds {value}; "
                               "a checkpoint to grow must hold finite weights", path=self.path)
 
-    def _locate(self, key):
+    def _locate(self, key) -> _Place:
         if key not in self.where:
             raise CheckpointError(f"the model has no tensor {key[0]} (layer {key[1]})", path=self.path)
         return self.where[key]
+
+
+@dataclass
+class _Place:
+    """Where a role lies: in the stored tensor ``name``, as ``pieces`` ``(stored row, role row, role end)``
+    along `specgrow.arch.Stored.axis`, or (``experts``) one tensor per expert."""
+
+    stored: Stored
+    name: str | None = None
+    pieces: list = field(default_factory=list)
+    experts: tuple[str, ...] = ()
 
 
 class MemoryTensors(_Tensors):
@@ -163,13 +186,14 @@ def stored_tensors(source, family: Family, prefix: str, shape: ModelShape) -> di
 
 
 def assemble(source, stored, layer: int | None, shape: ModelShape) -> torch.Tensor:
-    """A stored tensor whole from its roles: their rows in stored order (`specgrow.arch.segments_of`),
-    transposed if Conv1D."""
+    """A stored tensor whole from its roles: their rows in stored order (`specgrow.arch.segments_of`) along
+    `specgrow.arch.Stored.axis`, transposed if Conv1D."""
     if len(stored.roles) == 1:
         value = whole(source, (stored.roles[0], layer))
     else:
         roles = {role: whole(source, (role, layer)) for role in stored.roles}
-        value = torch.cat([roles[role][start:stop] for role, start, stop in segments_of(stored, shape, layer)])
+        value = torch.cat([roles[role].narrow(stored.axis, start, stop - start)
+                           for role, start, stop in segments_of(stored, shape, layer)], dim=stored.axis)
     return value.T.contiguous() if stored.transposed else value
 
 
@@ -206,25 +230,24 @@ def write_checkpoint(folder: Path, family: Family, prefix: str, shape: ModelShap
     """Write the stored tensors of ``shape`` pulled from ``source``: ``{file name: sha256}``.
 
     Each file's hash is taken from its bytes as they are written, not by reading it back. Tensors
-    are written under the names ``save_pretrained`` gives them (`specgrow.arch.Family.saved_name`).
-    Without ``sync`` the files are not fsynced: the caller does it (`fsync_files`), e.g. while
-    it checks them.
+    are written under the names ``save_pretrained`` gives them (`specgrow.arch.Family.saved_tensors`:
+    experts one tensor per expert, computed a band of experts at a time). Without ``sync`` the files
+    are not fsynced: the caller does it (`fsync_files`), e.g. while it checks them.
     """
-    tensors = [(family.saved_name(stored, layer, prefix), stored, layer)
-               for _, stored, layer in family.stored_tensors(shape, prefix)]
-    entries = [(name, dtype or source.dtype((stored.roles[0], layer)), stored_shape(stored, shape, layer))
-               for name, stored, layer in tensors]
-    by_name = {name: (stored, layer) for name, stored, layer in tensors}
+    tensors = family.saved_tensors(shape, prefix)
+    entries = [(part.name, dtype or source.dtype((part.role or part.stored.roles[0], part.layer)), part.shape(shape))
+               for part in tensors]
+    by_name = {part.name: part for part in tensors}
     shards = plan_shards(entries, max_shard_bytes)
     files = shard_names(len(shards))
     progress = Progress(sum(tensor_bytes(dtype, shape) for _, dtype, shape in entries), quiet)
+    experts = _ExpertBands(source)
     hashes = {}
     for shard, file in zip(shards, files):
         with SafetensorsWriter(folder / file, shard, metadata, sync=sync) as writer:
             with _Background(writer.put) as put:  # the writes overlap computing (and hashing) the next band
                 for name, out_dtype, out_shape in shard:
-                    stored, layer = by_name[name]
-                    for chunk in _stored_chunks(source, stored, layer, shape):
+                    for chunk in _stored_chunks(source, by_name[name], shape, experts):
                         put(writer.accept(name, chunk.to(out_dtype)))
                     progress.advance(tensor_bytes(out_dtype, out_shape), name)
         hashes[file] = writer.sha256()
@@ -270,8 +293,27 @@ class _Background:
             raise self.error
 
 
-def _stored_chunks(source, stored, layer, shape: ModelShape):
-    """The stored tensor in row bands (one role, [out, in]) or whole (fused or Conv1D)."""
+class _ExpertBands:
+    """Experts of a role served one by one from the band of experts that holds them (`bands`): the band
+    is computed once and held until an expert of another band or role is asked for."""
+
+    def __init__(self, source):
+        self.source, self.key, self.start, self.band = source, None, 0, None
+
+    def expert(self, key, expert: int) -> torch.Tensor:
+        if key != self.key or not self.start <= expert < self.start + len(self.band):
+            self.band = None
+            start, stop = next((a, b) for a, b in bands(self.source, key) if a <= expert < b)
+            self.key, self.start, self.band = key, start, self.source.rows(key, start, stop)
+        return self.band[expert - self.start]
+
+
+def _stored_chunks(source, part: Saved, shape: ModelShape, experts: _ExpertBands):
+    """A saved tensor in row bands (one role, [out, in]), whole (fused or Conv1D), or one expert's slice."""
+    if part.role is not None:
+        yield experts.expert((part.role, part.layer), part.expert)
+        return
+    stored, layer = part.stored, part.layer
     if len(stored.roles) == 1 and not stored.transposed:
         key = (stored.roles[0], layer)
         for start, stop in bands(source, key):

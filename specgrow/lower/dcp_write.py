@@ -38,9 +38,12 @@ def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
 
 def stored_rows(source, stored: Stored, layer: int | None, start: int, stop: int, shape) -> torch.Tensor:
     """Rows ``[start, stop)`` of a stored tensor of ``shape`` (the grown `ModelShape`): its roles' rows in
-    stored order (`specgrow.arch.segments_of`), transposed if Conv1D."""
+    stored order (`specgrow.arch.segments_of`), transposed if Conv1D; of packed experts (`Stored.axis` 1),
+    experts ``[start, stop)`` with each role's columns side by side."""
     keys = [(role, layer) for role in stored.roles]
     segments = segments_of(stored, shape, layer)
+    if stored.axis:
+        return torch.cat([source.rows((role, layer), start, stop)[:, a:b] for role, a, b in segments], dim=1)
     if stored.transposed:  # stored rows are the roles' columns: read every role a band at a time
         columns = {key: torch.cat([source.rows(key, a, b)[:, start:stop] for a, b in bands(source, key)])
                    for key in keys}

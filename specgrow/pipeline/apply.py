@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specgrow.arch import REFERENCE
+from specgrow.arch import REFERENCE, grown_family
 from specgrow.arch.hf import grown_config, layer_origins, shortest_window
 from specgrow.errors import InputError
 from specgrow.lower.budget import check_apply
@@ -98,6 +98,7 @@ def open_within_budget(spec, plan, concrete, options, device) -> Opened:
 def _grow_and_write(spec, plan, concrete, opened: Opened, options, device, max_shard, proof: dict, log,
                     invocation: dict) -> dict:
     grown = chain(opened.source, concrete.steps, device)
+    family = grown_family(opened.family, plan.after)  # the input's, or the MoE family upcycling makes it
     first_key = opened.source.keys()[0]
     dtype = DTYPES[options.dtype] if options.dtype else None
     check_dtype = dtype or opened.source.dtype(first_key)
@@ -107,19 +108,22 @@ def _grow_and_write(spec, plan, concrete, opened: Opened, options, device, max_s
     config = grown_config(opened.config, plan.after, layer_origins(spec)) if opened.config is not None else None
     optimizer = None
     if options.optimizer is not None:  # grown before the weights: a mismatch fails fast
+        if family is not opened.family:
+            raise InputError(f"--optimizer: growing optimizer state from {opened.family.name} into {family.name} "
+                             "(upcycled experts) is not supported", path=options.optimizer)
         optimizer = grow_optimizer_file(options.optimizer, opened.family, opened.prefix, plan.before, plan.after,
                                         concrete.steps, opened.config, config)
     sources = {"the input": options.input, "the optimizer state": options.optimizer}
     with atomic_directory(options.output, options.overwrite, sources) as tmp, \
             ThreadPoolExecutor(max_workers=1) as pool:
         reference_future = opened.reference_logits(tokens, pool)  # overlaps with writing
-        output_hashes = write_checkpoint(tmp, opened.family, opened.prefix, plan.after, grown, dtype=dtype,
+        output_hashes = write_checkpoint(tmp, family, opened.prefix, plan.after, grown, dtype=dtype,
                                          max_shard_bytes=max_shard, metadata=metadata, quiet=options.quiet,
                                          sync=False)
         reference = reference_future.result()
         synced = pool.submit(fsync_files, [tmp / name for name in output_hashes])  # while the check reads
         with CheckpointFiles(tmp) as written:
-            after = streamed_logits(plan.after, RoleSource(written, opened.family, plan.after, str(tmp)), tokens)
+            after = streamed_logits(plan.after, RoleSource(written, family, plan.after, str(tmp)), tokens)
         result = compare(reference, after, check_dtype, spec.seed)
         synced.result()
         if not result.passed:

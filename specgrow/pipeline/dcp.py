@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from specgrow.arch import grown_family
 from specgrow.errors import InputError
 from specgrow.lower.checkpoint import RoleSource, atomic_directory
 from specgrow.lower.dcp_read import DcpFiles, is_dcp
@@ -68,8 +69,8 @@ def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: 
                        open_within_budget(spec, plan, plan.concrete(), budget, dev))
     grown = chain(opened.source, plan.concrete().steps, dev)
     wrapper = opened.files.wrapper if isinstance(opened.files, DcpFiles) else ""
-    stored = {wrapper + name: (entry, layer)
-              for name, entry, layer in opened.family.stored_tensors(plan.after, opened.prefix)}
+    family = grown_family(opened.family, plan.after)  # the input's, or the MoE family upcycling makes it
+    stored = {wrapper + name: (entry, layer) for name, entry, layer in family.stored_tensors(plan.after, opened.prefix)}
 
     def pull(fqn: str, start: int, stop: int) -> torch.Tensor:
         entry, layer = stored[fqn]
@@ -85,7 +86,8 @@ def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: 
             ranks.run(lambda: save_state(state, tmp, band_planner(pull, band_bytes), ranks))
             written = ranks.run(lambda: hash_in_background(folder_files(tmp)[0]) if ranks.rank == 0 else {})
             if check:
-                result, index = ranks.run(lambda: _check(spec, plan, opened, tmp, dev, out_dtype), on_rank0=True)
+                result, index = ranks.run(lambda: _check(spec, plan, opened, family, tmp, dev, out_dtype),
+                                          on_rank0=True)
                 if not result.passed:
                     refuse_or_warn(spec, plan, index, result, allow_unproved, log)
             if ranks.rank == 0:
@@ -104,13 +106,13 @@ def grow_dcp(spec, input, output, world_size_out: int | None = None, *, device: 
     return manifest
 
 
-def _check(spec, plan, opened, folder: Path, dev, out_dtype):
+def _check(spec, plan, opened, family, folder: Path, dev, out_dtype):
     """Rank 0: the input's logits against those of the DCP files just written; on a failure,
     also the index of the first step that changes the function."""
     tokens = tokens_for(plan.before, spec.seed, dev)
     reference = streamed_logits(plan.before, opened.source, tokens)
-    with DcpFiles(folder, opened.family) as written:
-        after = streamed_logits(plan.after, RoleSource(written, opened.family, plan.after, str(folder)), tokens)
+    with DcpFiles(folder, family) as written:
+        after = streamed_logits(plan.after, RoleSource(written, family, plan.after, str(folder)), tokens)
     dtype = out_dtype or opened.source.dtype(opened.source.keys()[0])
     result = compare(reference, after, dtype, spec.seed)
     index = None if result.passed else first_failing_step(
