@@ -31,14 +31,21 @@ def render(plan: Plan, steps, padding=(), arch: str = "reference", stages=()) ->
     layout. ``padding[i]`` is true for a step added to pad every layer to one width (HF
     families). With ``stages`` (a growth plan's `Stage`s) each stage gets a heading line.
     """
-    from specgrow.arch import FAMILIES
+    from specgrow.arch import FAMILIES, grown_family
+    from specgrow.shape import EXPERT_ROLES
 
-    name_of = FAMILIES[arch].display_name
+    family = FAMILIES[arch]
+    grown = grown_family(family, plan.after)  # an upcycled llama's experts are named as mixtral's
+
+    def name_of(role, layer):
+        return (grown if role in EXPERT_ROLES else family).display_name(role, layer)
+
     concrete = plan.concrete()
     lines = []
     if arch != "reference":
-        lines.append(f"tensors as {arch} checkpoints name them; shapes [out, in] ([q] a part of a fused tensor, "
-                     ".T stored transposed)")
+        experts = f" (experts as {grown.name} checkpoints)" if grown is not family else ""
+        lines.append(f"tensors as {arch} checkpoints name them{experts}; shapes [out, in] ([q] a part of a fused "
+                     "tensor, .T stored transposed)")
     first = {stage.start: (number, stage) for number, stage in enumerate(stages)}
     for step_plan, step in zip(concrete.steps, steps):
         if step_plan.index in first:

@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, LlamaConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
 
 from specgrow.arch import FAMILIES, grown_family
 from specgrow.arch.hf import expected_model, grown_config, mismatches, tensor_mismatches
 from specgrow.cli import main
+from specgrow.errors import CheckpointError, InputError
 from specgrow.grow import grow_module
-from specgrow.lower.checkpoint import RoleSource
+from specgrow.lower.checkpoint import MemoryTensors, RoleSource
 from specgrow.lower.numeric import streamed_logits
 from specgrow.lower.safetensors_io import CheckpointFiles
 from specgrow.shape import ModelShape
@@ -130,8 +132,6 @@ def test_the_module_packs_what_the_folder_stores_expert_by_expert(tmp_path, kind
     spec = load_spec(spec_for(tmp_path / "in", [{"layers": {"add": 1}}], tmp_path / "spec.yaml"))
     shape, family = ModelShape.from_spec(spec.model), FAMILIES[spec.model.arch]
     state = {name: t.detach() for name, t in model.state_dict().items()}
-    from specgrow.lower.checkpoint import MemoryTensors
-
     packed = RoleSource(MemoryTensors(state), family, shape, "module")
     with CheckpointFiles(tmp_path / "in") as files:
         opened = []
@@ -175,11 +175,9 @@ def test_tensor_shapes_name_the_experts_fields(tmp_path):
     model = load_spec_text(json.dumps({"specgrow": 1, "model": {**expected_model(config), "bias": False},
                                        "steps": [{"layers": {"add": 1}}]})).model
     assert tensor_mismatches(model, shapes) == []
-    import dataclasses
-
-    fields = {field: message for field, message, _ in tensor_mismatches(dataclasses.replace(model, expert_mlp=8), shapes)}
+    fields = {field: message for field, message, _ in tensor_mismatches(replace(model, expert_mlp=8), shapes)}
     assert "tensor 'model.layers.0.mlp.experts.0.gate_proj.weight' (and " in fields["model.moe.width"]
-    fields = {field: message for field, message, _ in tensor_mismatches(dataclasses.replace(model, experts=3), shapes)}
+    fields = {field: message for field, message, _ in tensor_mismatches(replace(model, experts=3), shapes)}
     assert "'model.layers.0.mlp.experts.3.down_proj.weight'" in fields["model.moe"]  # one expert too many stored
 
 
@@ -193,8 +191,8 @@ STEPS = {
     "hidden-duplicate": [{"hidden": {"to": 64, "method": "duplicate"}}],
     "heads": [{"heads": {"add": 2}}],
     "layers": [{"layers": {"add": 1, "at": 1}}],
-    "composite": [{"experts": {"to": 8, "method": "split"}}, {"mlp": {"to": 16, "layers": [0, 2]}}, {"heads": {"add": 2}},
-                  {"layers": {"add": 1, "at": 3}}, {"hidden": {"to": 64, "method": "duplicate"}}],
+    "composite": [{"experts": {"to": 8, "method": "split"}}, {"mlp": {"to": 16, "layers": [0, 2]}},
+                  {"heads": {"add": 2}}, {"layers": {"add": 1, "at": 3}}, {"hidden": {"to": 64, "method": "duplicate"}}],
 }
 EXACT = {
     "mixtral": ["experts-duplicate", "experts-duplicate-noise", "experts-split", "mlp", "hidden", "hidden-duplicate",
@@ -284,6 +282,26 @@ def test_llama_upcycling_mixtral_cannot_hold_is_a_spec_error(tmp_path, capsys, s
     assert main(["apply", spec, "--input", str(src), "-o", str(out), "-q"]) == 1 and not out.exists()
 
 
+def test_qwen3_of_mixed_attention_types_cannot_become_qwen3_moe(tmp_path, capsys):
+    """Qwen3-MoE's sliding window is every layer's or none's: layer 0 full and layer 1 sliding cannot be written."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save_tiny("qwen3", src, use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    spec = spec_for(src, [{"upcycle": {"experts": 4, "top_k": 2}}], tmp_path / "spec.yaml")
+    assert main(["apply", spec, "--input", str(src), "-o", str(out), "-q"]) == 1 and not out.exists()
+    assert "layer_types: qwen3_moe has one attention type for every layer" in capsys.readouterr().err
+
+
+def test_apply_refuses_optimizer_state_across_an_upcycle(tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    model = save_tiny("llama", src)
+    torch.save(torch.optim.Adam(model.parameters()).state_dict(), tmp_path / "optimizer.pt")
+    spec = spec_for(src, [{"upcycle": {"experts": 2, "top_k": 1}}], tmp_path / "spec.yaml")
+    args = ["apply", spec, "--input", str(src), "-o", str(out), "-q", "--optimizer", str(tmp_path / "optimizer.pt")]
+    assert main(args) == 2 and not out.exists()  # an input error
+    assert "growing optimizer state from llama into mixtral (upcycled experts) is not supported" in \
+        capsys.readouterr().err
+
+
 def test_qwen2_with_attention_biases_cannot_become_mixtral(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     model = {**expected_model({**config_of("llama").to_dict(), "model_type": "qwen2"}), "bias": ["q", "k", "v"]}
@@ -344,7 +362,7 @@ def test_grown_config_describes_the_grown_model(kind, steps):
                                       "steps": [{"layers": {"add": 1}}]}))
     assert ModelShape.from_spec(read.model).layers == after.layers
     assert read.model.renormalize == after.renormalize
-    AutoModelForCausalLM.from_config(config_of(grown["model_type"]).__class__.from_dict(grown))
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**grown))
 
 
 def test_either_experts_key_is_read_and_they_must_agree():
@@ -352,8 +370,6 @@ def test_either_experts_key_is_read_and_they_must_agree():
     del config["num_local_experts"]
     assert expected_model({**config, "num_experts": 6})["moe"]["experts"] == 6
     assert expected_model({**config, "num_local_experts": 6})["moe"]["experts"] == 6
-    from specgrow.errors import CheckpointError
-
     with pytest.raises(CheckpointError, match="num_local_experts 6 and num_experts 5 disagree"):
         expected_model({**config, "num_local_experts": 6, "num_experts": 5})
     no_experts = expected_model({**config, "num_experts": 0})
@@ -387,31 +403,36 @@ def test_grow_module_on_the_live_module(tmp_path, kind, steps):
 def test_grow_module_refuses_optimizer_state_across_an_upcycle(tmp_path):
     model = save_tiny("llama", tmp_path / "in")
     spec = spec_for(tmp_path / "in", [{"upcycle": {"experts": 2, "top_k": 1}}], tmp_path / "spec.yaml")
-    from specgrow.errors import InputError
-
     with pytest.raises(InputError, match="from llama into mixtral"):
         grow_module(model, spec, torch.optim.Adam(model.parameters()))
 
 
-def test_module_state_in_dcp_grows_like_apply_on_the_folder(tmp_path):
-    """Mixtral's state_dict (experts packed) saved as DCP grows, in bands of experts, into the tensors
-    transformers packs from the folder `apply` writes."""
+@pytest.mark.parametrize("kind, steps", [
+    ("mixtral", STEPS["experts-split"]),  # from a DCP of the module's state_dict
+    ("llama", [{"upcycle": {"experts": 4, "top_k": 2}}]),  # from the folder, into Mixtral's packed names
+])
+def test_dcp_holds_the_experts_packed_as_the_module_does(tmp_path, kind, steps):
+    """Grown into DCP (in bands of a few experts), the tensors are those transformers packs from the folder
+    `apply` writes: a DCP checkpoint loads into the grown module's state_dict."""
     import torch.distributed.checkpoint as dcp
 
     from specgrow.pipeline.dcp import grow_dcp
 
-    model = save_tiny("mixtral", tmp_path / "hf")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dcp.save({name: t.clone() for name, t in model.state_dict().items()}, checkpoint_id=str(tmp_path / "in"),
-                 no_dist=True)
-    spec = spec_for(tmp_path / "hf", STEPS["experts-split"], tmp_path / "spec.yaml")
+    model = save_tiny(kind, tmp_path / "hf")
+    source = tmp_path / "hf"
+    if kind == "mixtral":
+        source = tmp_path / "in"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.save({name: t.clone() for name, t in model.state_dict().items()}, checkpoint_id=str(source),
+                     no_dist=True)
+    spec = spec_for(tmp_path / "hf", steps, tmp_path / "spec.yaml")
     assert main(["apply", spec, "--input", str(tmp_path / "hf"), "--output", str(tmp_path / "st"), "-q"]) == 0
-    grow_dcp(spec, tmp_path / "in", tmp_path / "out", 1, band_bytes=700, log=None)
+    grow_dcp(spec, source, tmp_path / "out", 1, band_bytes=700, log=None)
     expected = AutoModelForCausalLM.from_pretrained(tmp_path / "st").state_dict()
     got = {name: torch.zeros_like(t) for name, t in expected.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.load(got, checkpoint_id=str(tmp_path / "out"), no_dist=True)
-    assert "model.layers.2.mlp.experts.gate_up_proj" in got
+    assert "model.layers.1.mlp.experts.gate_up_proj" in got
     assert all(torch.equal(got[name], expected[name]) for name in expected)

@@ -2,7 +2,10 @@
 
 The specs. Random specs in the spirit of `tests/test_sequences.py` (random dims up to 16,
 norm × activation × position × tied × bias × final norm × eps × QK-norm (none, head, all) × norm
-position (pre, post, sandwich) × rope scaling (none, linear, llama3, yarn, dynamic; under RoPE; no
+position (pre, post, sandwich) × a mixture of experts (in about a quarter: 2-3 experts, some dense
+layers, renormalised or not; steps ``experts`` duplicate / split / add and ``upcycle`` with a zero or
+random router, top_k changed when the step is drawn non-preserving; no copies after a router left
+zero, whose ties only training would break) × rope scaling (none, linear, llama3, yarn, dynamic; under RoPE; no
 key growth under yarn and dynamic, which the spec refuses, nor under the all-heads QK-norm, which
 the prover leaves UNKNOWN), 1-6 steps of every kind with
 per-layer subsets; about a third of them growth plans, `stages:` with 2-3 stages) whose steps
@@ -68,6 +71,7 @@ from specgrow.lower.stream import grow_state
 from specgrow.models.reference import build, random_state
 from specgrow.rope import WIDTH_DEPENDENT
 from specgrow.shape import NORM_GAINS, ModelShape
+from specgrow.spec.types import PROJECTIONS
 from specgrow.spec import load_spec_text
 from specgrow.transforms import compile_spec, compile_steps
 from specgrow.verify.prover import prove_spec
@@ -144,7 +148,7 @@ def init_bounds() -> dict[str, tuple[float, float]]:
 
 INIT_BOUNDS = init_bounds()
 NOISE_BOUNDS = {kind: bounds(SCHEMA["$defs"][kind]["properties"]["noise"], f"{kind} noise")
-                for kind in ("mlp", "heads", "hidden")}  # the step kinds that duplicate
+                for kind in ("mlp", "heads", "hidden", "experts")}  # the step kinds that duplicate
 assert set(INIT_BOUNDS) == {"normal", "uniform", "like_old"}, INIT_BOUNDS
 INIT_VALUES = {kind: edge_values(*b, MAGNITUDES) for kind, b in INIT_BOUNDS.items()}
 NOISE_VALUES = {kind: edge_values(*b, NOISE_MAGNITUDES) for kind, b in NOISE_BOUNDS.items()}
@@ -215,15 +219,88 @@ def specs(draw):
                 key=key, value=draw(st.integers(1, 4)), layers=draw(st.integers(1, 2)),
                 vocab=draw(st.integers(5, 20)), positions=draw(st.integers(3, 8)))
     hidden = dims["hidden"]
-    layers = [dict(mlp=dims["mlp"], heads=kv * ratio, key=key, value=dims["value"]) for _ in range(dims["layers"])]
+    layers = [dict(mlp=dims["mlp"], heads=kv * ratio, key=key, value=dims["value"], experts=0, top_k=0)
+              for _ in range(dims["layers"])]
+    # a mixture of experts in about a quarter of the specs (experts carry no bias: attention biases only)
+    renormalize = draw(st.booleans())
+    if draw(st.integers(0, 3)) == 0:
+        experts = draw(st.integers(2, 3))
+        moe = dict(experts=experts, top_k=draw(st.integers(1, experts)), width=draw(st.integers(2, 6)),
+                   renormalize=renormalize)
+        dense = sorted(draw(st.sets(st.integers(0, len(layers) - 1), max_size=len(layers) - 1)))
+        if dense:
+            moe["dense_layers"] = dense
+        model["moe"] = moe
+        bias = model["bias"] = [b for b in (PROJECTIONS if bias is True else bias or []) if b in ("q", "k", "v", "o")]
+        for i, s in enumerate(layers):
+            if i not in dense:
+                s.update(mlp=moe["width"], experts=experts, top_k=moe["top_k"])
     up_bias = bias is True or (isinstance(bias, list) and "up" in bias)
+    moe_biased = bias is True or (isinstance(bias, list) and {"up", "gate", "down"} & set(bias))
     mlp_roles = ["w_in", "w_out"] + ["b_in"] * up_bias + ["w_gate"] * (activation in ("swiglu", "geglu_tanh"))
     hidden_roles = ["embed", "read", "write", "gain", "bias"] + ["pos"] * (position == "learned")
     shift = norm == "layernorm" and (model["final_norm"] or model["norm_position"] != "pre")
     plan = draw(st.sampled_from([False] * (PLAN_SHARE - 1) + [True]))
     steps = []
+    tied = False  # a router left zero by upcycling ties every expert: copies after it need a unique top-k,
+    # which training would bring between stages but the truth (no training) never does; not drawn after it
     for _ in range(draw(st.integers(2 if plan else 1, 6))):
-        kind = draw(st.sampled_from(["mlp", "heads", "value", "key", "hidden", "layers"]))
+        moe_now = any(s["experts"] for s in layers)  # then experts steps are drawn as often as the others together
+        kinds = ["mlp", "heads", "value", "key", "hidden", "layers", "upcycle"] + ["experts"] * (6 if moe_now else 0)
+        kind = draw(st.sampled_from(kinds))
+        if kind == "experts":
+            moe_layers = [i for i, s in enumerate(layers) if s["experts"]]
+            if not moe_layers or tied:
+                continue
+            bad = draw(st.integers(0, 99)) < RATE
+            chosen = sorted(draw(st.sets(st.sampled_from(moe_layers), min_size=1)))
+            count = layers[chosen[0]]["experts"]
+            if any(layers[i]["experts"] != count for i in chosen):
+                continue
+            splittable = all(layers[i]["mlp"] % 2 == 0 for i in chosen)
+            method = "add" if bad and draw(st.booleans()) else draw(
+                st.sampled_from(["duplicate", "split"] if splittable else ["duplicate"]))
+            to = count + draw(st.integers(1, 2)) if method == "add" else 2 * count
+            if to > 8:
+                continue
+            step = {"to": to, "method": method}
+            if moe_layers != chosen or draw(st.booleans()):
+                step["layers"] = chosen
+            if method == "duplicate":
+                step["noise"] = draw(NOISE["experts"])
+            if method == "add":
+                step.update(overrides(draw, ["router"] + [r for r in mlp_roles if r != "b_in"]))
+            elif bad:
+                step["top_k"] = draw(st.integers(1, to))  # m*k keeps the function, anything else does not
+            for i in chosen:
+                s = layers[i]
+                k = step.get("top_k", s["top_k"] if method == "add" else 2 * s["top_k"])
+                s.update(experts=to, top_k=k, mlp=s["mlp"] // 2 if method == "split" else s["mlp"])
+            steps.append({kind: step})
+            continue
+        if kind == "upcycle":
+            dense_layers = [i for i, s in enumerate(layers) if not s["experts"]]
+            if not dense_layers or moe_biased:
+                continue
+            bad = draw(st.integers(0, 99)) < RATE
+            existing = [s for s in layers if s["experts"]]
+            experts = existing[0]["experts"] if existing else draw(st.integers(2, 3))
+            top_k = existing[0]["top_k"] if existing else draw(st.integers(1, experts))
+            if existing and any(s["experts"] != experts or s["top_k"] != top_k for s in existing):
+                continue
+            chosen = sorted(draw(st.sets(st.sampled_from(dense_layers), min_size=1)))
+            step = {"experts": experts, "top_k": top_k}
+            if chosen != dense_layers or draw(st.booleans()):
+                step["layers"] = chosen
+            if "moe" not in model and not existing:
+                step["renormalize"] = renormalize
+            router = draw(st.sampled_from(["zeros", {"normal": 0.5}])) if bad or renormalize else "zeros"
+            step["init"] = {"router": router}
+            tied = tied or router == "zeros"
+            for i in chosen:
+                layers[i].update(experts=experts, top_k=top_k)
+            steps.append({kind: step})
+            continue
         bad = draw(st.integers(0, 99)) < RATE
         chosen = sorted(draw(st.sets(st.integers(0, len(layers) - 1), min_size=1)))
         subset = {"layers": chosen} if draw(st.booleans()) else {}
@@ -509,6 +586,11 @@ def check_one(text: str, counts: Counter, unknown: list[str]) -> None:
     counts[verdict] += 1
     counts["changed" if change.changed else "kept"] += 1
     counts["plans" if spec.stages else "single"] += 1
+    moe = [step.kind for step in spec.steps if step.kind in ("experts", "upcycle")]
+    if spec.model.experts or moe:
+        counts["moe"] += 1
+        counts[f"moe {verdict}"] += 1
+        counts["moe steps"] += len(moe)
     if verdict == "PROVED":
         assert not change.changed, f"PROVED, but the function changed: {change}\n{text}"
         louder = magnified(text)
@@ -564,6 +646,8 @@ def test_verdicts_agree_with_the_float64_truth():
         f"witness only), UNKNOWN {counts['UNKNOWN']}",
         f"UNKNOWN rate {counts['UNKNOWN'] / total:.1%} (at most {UNKNOWN_RATE:.0%})",
         f"truth: kept {counts['kept']}, changed {counts['changed']}",
+        f"mixtures of experts: {counts['moe']} specs with MoE layers ({counts['moe steps']} experts/upcycle steps): "
+        f"PROVED {counts['moe PROVED']}, REFUTED {counts['moe REFUTED']}, UNKNOWN {counts['moe UNKNOWN']}",
         f"init numbers drawn from {INIT_VALUES}; noise from {NOISE_VALUES}",
     ]
     if NO_MAXIMUM:

@@ -322,7 +322,8 @@ def _experts(block: str, gate: str, up: str, down: str) -> tuple[Stored, ...]:
     return (
         Stored("layers.{}.mlp.experts.gate_up_proj", ("mlp.experts.gate.weight", "mlp.experts.up.weight"), axis=1,
                per_expert=(f"{experts}.{gate}.weight", f"{experts}.{up}.weight")),
-        Stored("layers.{}.mlp.experts.down_proj", ("mlp.experts.down.weight",), per_expert=(f"{experts}.{down}.weight",)),
+        Stored("layers.{}.mlp.experts.down_proj", ("mlp.experts.down.weight",),
+               per_expert=(f"{experts}.{down}.weight",)),
     )
 
 

@@ -247,6 +247,7 @@ class _Checker:
     def __init__(self, doc: Document, model: ModelSpec):
         self.doc = doc
         self.model = model
+        self.renormalize = model.renormalize if model.experts else None  # one setting for every MoE layer
 
     def fail(self, path: KeyPath, message: str, *, at_key: bool = False) -> SpecError:
         return _fail(self.doc, path, message, at_key=at_key)
@@ -441,8 +442,7 @@ class _Checker:
         for i in layers:
             if shape.layers[i].experts:
                 raise self.fail(path + ("layers",), f"layer {i} already has experts")
-        others = {s.experts for s in shape.layers if s.experts}
-        have = self.model.renormalize if self.model.experts or others else None
+        have = self.renormalize  # the MoE layers' setting so far: the model's, or an earlier upcycle's
         renormalize = raw.get("renormalize", True if have is None else have)
         if have is not None and renormalize != have:
             raise self.fail(path + ("renormalize",), f"the model's MoE layers have renormalize: {str(have).lower()}, "
@@ -459,6 +459,7 @@ class _Checker:
             # unique top-k)
             init = tuple((role, Normal(0.02) if role == "router" else value) for role, value in init)
         step = UpcycleStep(experts, top_k, renormalize, layers, init)
+        self.renormalize = renormalize
         if isinstance(step.init_for("router"), LikeOld):
             raise self.fail(path + ("init", "router"), "like_old needs an old tensor: a dense layer has no router "
                                                        "(zeros, or normal / uniform)")

@@ -380,7 +380,12 @@ def _obligation(step, sublayer, layers, statement, build, key, side=None):
         result = Obligation(step, sublayer, layers, Verdict.UNKNOWN, statement, stuck=str(err),
                             seconds=time.perf_counter() - started)
     else:
-        conditions = tuple(SideCondition(text, str(value), value == 0) for text, value in side)
+        # a side entry is a condition (text, value: 0 when it holds), a lemma the build applied (name, "lemma")
+        # or what such a lemma assumes (text, None)
+        conditions = tuple(SideCondition(text, str(value), value == 0) for text, value in side
+                           if value is not None and not isinstance(value, str))
+        built = tuple(text for text, value in side if value == "lemma")
+        assumptions = tuple(text for text, value in side if value is None)
         stuck = checked = None
         if _is_zero(residual) and all(c.holds for c in conditions):
             verdict, shown, hint = Verdict.PROVED, None, None
@@ -391,8 +396,8 @@ def _obligation(step, sublayer, layers, statement, build, key, side=None):
             hint = _hint(residual, conditions) or _factor_hint(new, target)
             verdict, shown = Verdict.REFUTED, _show(residual)
         result = Obligation(step, sublayer, layers, verdict, statement, tuple(sorted(trace.rules.items())),
-                            tuple(trace.lemmas), conditions, shown, hint, stuck, time.perf_counter() - started,
-                            checked)
+                            tuple(dict.fromkeys(built + tuple(trace.lemmas))), conditions, shown, hint, stuck,
+                            time.perf_counter() - started, checked, assumptions)
     if key is not None:
         _CACHE[(step, key)] = result
     return result

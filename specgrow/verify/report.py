@@ -256,6 +256,8 @@ def _obligation_markdown(ob: Obligation, level: str = "###") -> list[str]:
         bullets.append("- Rules applied: " + ", ".join(f"{_code(name)} ×{count}" for name, count in ob.rules))
     if ob.lemmas:
         bullets.append("- Lemmas used: " + ", ".join(_code(lemma) for lemma in ob.lemmas))
+    if ob.assumptions:
+        bullets.append("- Assumed: " + "; ".join(_one_line(a) for a in ob.assumptions))
     if ob.side_conditions:
         bullets.append("- Side conditions:")
         bullets += [f"  - {_code(c.text)} simplifies to {_code(c.value)}: {'discharged' if c.holds else 'NOT zero'}"

@@ -52,6 +52,7 @@ class Obligation:
     stuck: str | None = None  # UNKNOWN: the term rewriting could not reduce
     seconds: float = 0.0
     checked: str | None = None  # rewritten to zero: the independent numeric check that confirmed it
+    assumptions: tuple[str, ...] = ()  # what a lemma used here takes as given (MoE routing: no ties at the k-th place)
 
 
 @dataclass(frozen=True)

@@ -232,12 +232,13 @@ def mixture(w, x_new, x_old, eps_new, side, same_logits=True):
         return opaque, old
     if moe.generic.upcycled:  # an upcycled layer: its experts are one function
         identical = m == 1 and moe.generic.added == 0
+        side.append(("route_identical", "lemma"))
         side.append(("route_identical: experts that differ from the others (count)", 0 if identical else 1))
         if not identical:
             return opaque, old
-        if renorm:
-            side.append(("route_identical: identical experts, renormalised top-k weights sum to 1 whichever tied "
-                         "experts are selected", 0))
+        if renorm or after.top_k == after.experts:
+            side.append(("route_identical: identical experts, top-k weights that sum to 1 (renormalised, or every "
+                         "expert selected) whichever tied experts are selected", 0))
             return mean, old
         zero = all_zero(collapse(logits_new[0], Trace(), extra=LEMMAS))
         side.append(("route_identical without renormalisation: the top-k weights sum to k/E only when the router "
@@ -245,18 +246,21 @@ def mixture(w, x_new, x_old, eps_new, side, same_logits=True):
         return (mul(sp.Rational(after.top_k, after.experts), mean) if zero else opaque), old
     before = moe.before
     target = Mixture(logits_old, old, before.top_k, int(moe.renormalize_before), before.experts)
-    side.append(("route_copies: new experts that copy no old expert (count; a router without a bias gives them "
+    lemma = "route_copies" if m > 1 else "route_same"
+    side.append((lemma, "lemma"))
+    side.append((f"{lemma}: new experts that copy no old expert (count; a router without a bias gives them "
                  "finite logits, so at a fixed top-k they displace old experts: duplicate or split every expert "
                  "with top_k x m instead)", moe.generic.added))
-    side.append(("route_copies: top-k of the copies k' - m*k", after.top_k - m * before.top_k))
-    side.append(("route_copies: renormalisation unchanged (0 if so)", int(renorm != int(moe.renormalize_before))))
-    tied = m > 1 and all_zero(moe.bands[0].get("mlp.router.weight")[1])  # one band: the same logits, the same pick
-    side.append(("route_copies: the old router is zero (an earlier step of this stage left it so), so every expert "
-                 "ties and the top-k need not take whole experts' copies (0 if not; train between the steps)",
-                 int(tied)))
-    side.append((f"route_copies {TIES}", 0))
-    if not same_logits or any(value != 0 for _, value in side):  # the lemma does not apply
-        return opaque, target
+    side.append((f"{lemma}: top-k k' - m*k (m = {m} new experts per old one)", after.top_k - m * before.top_k))
+    side.append((f"{lemma}: renormalisation unchanged (0 if so)", int(renorm != int(moe.renormalize_before))))
+    if m > 1:
+        tied = all_zero(moe.bands[0].get("mlp.router.weight")[1])
+        side.append(("route_copies: the old router is zero (an earlier step of this stage left it so), so every "
+                     "expert ties and the top-k need not take whole experts' copies (0 if not; train between the "
+                     "steps)", int(tied)))
+        side.append((f"route_copies: {TIES}", None))
+    if not same_logits or any(value != 0 for _, value in side if value is not None and not isinstance(value, str)):
+        return opaque, target  # the lemma does not apply
     return Mixture(logits_old, mean, before.top_k, int(moe.renormalize_before), before.experts), target
 
 
