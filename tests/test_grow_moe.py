@@ -76,6 +76,7 @@ GROWTHS = [
     ("{experts: {to: 8, method: split}}", "true"),
     ("{experts: {to: 8, method: split}}", "false"),
     ("{mlp: {to: 12}}", "true"),
+    ("{mlp: {to: 12, experts: [1, 2], init: {w_in: {normal: 0.5}}}}", "false"),
     ("{mlp: {to: 12, method: duplicate, noise: 0.01}}", "false"),
     ("{upcycle: {experts: 4, top_k: 2}}", None),
     ("{upcycle: {experts: 4, top_k: 2, renormalize: false}}", None),

@@ -32,7 +32,8 @@ from specgrow.shape import EXPERT_ROLES
 from specgrow.spec import load_spec, load_spec_text
 from specgrow.transforms import compile_spec
 from specgrow.verify.build import symbolize
-from specgrow.verify.experts import generic
+from specgrow.verify.experts import classes, generic
+from specgrow.verify.prover import prove_spec
 from tests.helpers import grow, spec_text
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -234,10 +235,11 @@ def _fill(expr, atoms, old, env, skipped):
     raise AssertionError(f"unexpected node in a cell: {type(expr).__name__}: {expr}")
 
 
-def _read_layer(step, layer, source, executor, shift=0, compared=None):
-    """Check every band of the layer's expert edits against the executor's new experts; return the
-    kinds of cells left unchecked (draws, noise)."""
-    edits = {e.role: e for e in step.edits if e.layer == layer}
+def _read_layer(step, layer, source, executor, shift=0, compared=None, edits=None, experts=None):
+    """Check every band of the layer's expert edits (``edits``: a class of them, `classes`) against the
+    executor's new experts (``experts``: those of the class); return the kinds of cells left unchecked
+    (draws, noise)."""
+    edits = edits or {e.role: e for e in step.edits if e.layer == layer}
     before = step.before.layers[layer]
     g = generic(edits, before.experts)
     skipped = set()
@@ -256,7 +258,7 @@ def _read_layer(step, layer, source, executor, shift=0, compared=None):
             old_all = None if edit.source is None else whole(source, edit.source)
             symbolic = symbolize(band_edit, "t")
             env = {sym(n): sp.Integer(v) for n, v in band_edit.dims}
-            for e in range(size):
+            for e in range(size) if experts is None else experts:
                 if old_all is None:
                     old = None
                 elif edit.source[0] in EXPERT_ROLES:
@@ -310,6 +312,33 @@ def test_the_prover_reads_expert_edits_as_the_executor_writes(name):
         source = StateSource({key: whole(executor, key) for key in executor.keys()})
     assert checked > 0
     assert {"mlp.experts.up.weight", "mlp.experts.down.weight"} <= set(compared), set(compared)
+
+
+@pytest.mark.parametrize("listed", [[1, 2], [0], [3], [0, 2]])
+def test_listed_experts_are_read_class_by_class(listed):
+    """`mlp` growth of listed experts: the prover cuts the experts into classes, each read as one generic
+    expert; every class's reading equals the executor's tensors for each expert of the class, the listed
+    ones holding the init's draws and the others zeros."""
+    spec = _spec([{"mlp": {"to": 10, "experts": listed, "init": {"w_in": {"normal": 0.5}}}}], MOE)
+    plan = compile_spec(spec)
+    step = plan.steps[0]
+    source = StateSource.of_state(random_state(plan.before, spec.seed, torch.float64), plan.before)
+    executor = StepSource(source, step.concrete(), "cpu")
+    edits = {e.role: e for e in step.edits if e.layer == 0}
+    cut = classes(edits)
+    covered = []
+    for label, part in cut:
+        first, _, last = label.split()[-1].partition("-")
+        members = range(int(first), int(last or first) + 1)
+        covered += members
+        skipped, g = _read_layer(step, 0, source, executor, edits=part, experts=members)
+        assert len(g.bands) == 1 and g.added == 0
+        assert ("draw" in skipped) == any(e in listed for e in members), (label, skipped)
+    assert sorted(covered) == list(range(4))
+    up = whole(executor, ("mlp.experts.up.weight", 0))
+    for e in range(4):
+        assert bool(up[e, 6:].abs().sum() > 0) == (e in listed)
+    assert prove_spec(spec).verdict.name == "PROVED"
 
 
 def test_duplicated_noise_cancels_band_by_band():
@@ -382,6 +411,11 @@ ERRORS = {
                          r"steps\[0\]\.upcycle\.init\.router"),
     "experts-top-k": ([{"experts": {"to": 8, "top_k": 9}}], MOE, {}, r"steps\[0\]\.experts\.top_k"),
     "upcycle-top-k": ([{"upcycle": {"experts": 2, "top_k": 3}}], None, {}, r"steps\[0\]\.upcycle\.top_k"),
+    "mlp-experts-duplicate": ([{"mlp": {"to": 12, "method": "duplicate", "experts": [0]}}], MOE, {},
+                              r"steps\[0\]\.mlp\.experts"),
+    "mlp-experts-index": ([{"mlp": {"to": 12, "experts": [0, 4]}}], MOE, {}, r"steps\[0\]\.mlp\.experts\[1\]"),
+    "mlp-experts-dense": ([{"mlp": {"to": 20, "experts": [0], "layers": [1]}}], dict(MOE, dense_layers=[1]), {},
+                          r"steps\[0\]\.mlp\.experts"),
 }
 
 

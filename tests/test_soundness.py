@@ -4,8 +4,8 @@ The specs. Random specs in the spirit of `tests/test_sequences.py` (random dims 
 norm × activation × position × tied × bias × final norm × eps × QK-norm (none, head, all) × norm
 position (pre, post, sandwich) × a mixture of experts (in about a quarter: 2-3 experts, some dense
 layers, renormalised or not; steps ``experts`` duplicate / split / add and ``upcycle`` with a zero or
-random router, top_k changed when the step is drawn non-preserving; no copies after a router left
-zero, whose ties only training would break) × rope scaling (none, linear, llama3, yarn, dynamic; under RoPE; no
+random router, top_k changed when the step is drawn non-preserving, ``mlp`` growth of listed experts;
+no copies after a router left zero, whose ties only training would break) × rope scaling (none, linear, llama3, yarn, dynamic; under RoPE; no
 key growth under yarn and dynamic, which the spec refuses, nor under the all-heads QK-norm, which
 the prover leaves UNKNOWN), 1-6 steps of every kind with
 per-layer subsets; about a third of them growth plans, `stages:` with 2-3 stages) whose steps
@@ -315,6 +315,9 @@ def specs(draw):
                 step.update(overrides(draw, mlp_roles if kind == "mlp" else ["v", "o"], shift))
             elif kind == "mlp" and to <= 2 * min(s["mlp"] for s in sel) and draw(st.booleans()):
                 step.update(method="duplicate", noise=draw(NOISE["mlp"]))
+            counts = [s["experts"] for s in sel if s["experts"]]
+            if kind == "mlp" and counts and step.get("method") != "duplicate" and draw(st.booleans()):
+                step["experts"] = sorted(draw(st.sets(st.integers(0, min(counts) - 1), min_size=1)))
             for s in sel:
                 s[field] = to
         elif kind == "heads":

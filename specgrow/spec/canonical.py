@@ -266,7 +266,20 @@ class _Checker:
                         "method duplicate at most doubles per step: "
                         f"layer {i} has mlp {current}, found to: {to} (at most {2 * current})",
                     )
-        step = MlpStep(to, layers, method, noise, self.init(path, "mlp", raw))
+        listed = tuple(sorted(set(raw.get("experts", ()))))
+        if listed:
+            if method != "zero":
+                raise self.fail(path + ("experts",), f"experts picks the experts that take the init: method zero "
+                                                     f"only, found method {method}", at_key=True)
+            moe = [i for i in layers if shape.layers[i].experts]
+            if not moe:
+                raise self.fail(path + ("experts",), "no selected layer has experts", at_key=True)
+            for position, index in enumerate(raw["experts"]):
+                count = min(shape.layers[i].experts for i in moe)
+                if index >= count:
+                    raise self.fail(path + ("experts", position), f"expected an expert index below {count} (the "
+                                                                  f"selected MoE layers have {count} experts or more)")
+        step = MlpStep(to, layers, method, noise, self.init(path, "mlp", raw), experts=listed)
         return step, self.resize(shape, layers, mlp=to)
 
     def heads(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[HeadsStep, Shape]:

@@ -121,6 +121,7 @@ class MlpStep(_Step):
     noise: float
     init: InitMap
     kind: str = "mlp"
+    experts: tuple[int, ...] = ()  # MoE layers: the experts whose new units take the init (others zero); () all
 
 
 @dataclass(frozen=True)

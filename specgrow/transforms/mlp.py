@@ -12,7 +12,8 @@ import functools
 
 from dataclasses import replace
 
-from specgrow.ir import sym
+from specgrow.ir import Block, Const, Old, Random, Range, sym
+from specgrow.shape import EXPERT_ROLES
 from specgrow.transforms.common import Grown, duplicate_segments, grow_tensor, layer_dims, pad, roles_with
 
 p, dp = sym("p"), sym("dp")
@@ -26,9 +27,40 @@ def compile_step(step, shape, ctx):
         added = p if step.to == 2 * old else dp
         for role in roles_with(shape, i, "mlp"):
             grow = {"mlp": (p + added, _segments(step, role, added))}
-            edits.append(grow_tensor(ctx, shape, role, i, grow, dims, noise_std=step.noise))
+            edit = grow_tensor(ctx, shape, role, i, grow, dims, noise_std=step.noise)
+            if step.experts and role in EXPERT_ROLES:
+                edit = _listed(ctx, edit, step.experts, shape.layers[i].experts)
+            edits.append(edit)
         layers[i] = replace(layers[i], mlp=step.to)
     return Grown(tuple(edits), shape.with_layers(layers))
+
+
+def _listed(ctx, edit, listed, count):
+    """The edit with its new units' blocks kept for the ``listed`` experts (each run of them its own seed) and
+    zeros for every other expert's new units."""
+    blocks = []
+    for n, block in enumerate(edit.blocks):
+        if isinstance(block.source, Old):
+            blocks.append(block)
+            continue
+        for start, stop, chosen in _runs(listed, count):
+            source = block.source
+            if not chosen:
+                source = Const(0.0)
+            elif isinstance(source, Random):
+                source = replace(source, seed=ctx.derive_seed(edit.role, edit.layer, n, "experts", start))
+            blocks.append(Block((Range(start, stop),) + block.where[1:], source))
+    return replace(edit, blocks=tuple(blocks))
+
+
+def _runs(listed, count):
+    """``(start, stop, listed)`` runs of experts 0..count-1."""
+    runs, start = [], 0
+    for e in range(1, count + 1):
+        if e == count or (e in listed) != (start in listed):
+            runs.append((start, e, start in listed))
+            start = e
+    return runs
 
 
 @functools.lru_cache(maxsize=256)

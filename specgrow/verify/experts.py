@@ -88,6 +88,47 @@ def generic(edits: dict, experts_before: int) -> Generic:
     return Generic(tuple(out), added, upcycled)
 
 
+def classes(edits: dict) -> list[tuple[str, dict]]:
+    """The layer's edits cut into classes of experts treated alike: one class (all experts, label "") unless
+    some block selects a fixed run of experts (`mlp` growth of listed experts); then each class [a, b)
+    between the runs' bounds gets the blocks that cover it, their experts selection widened to all the
+    experts (``generic`` then reads the class's generic expert). Bands of copies do not mix with runs."""
+    runs = set()
+    size = None
+    for role, edit in edits.items():
+        if role not in EXPERT_ROLES:
+            continue
+        env = {sym(n): sp.Integer(v) for n, v in edit.dims}
+        size = int(E.xreplace(env)) if E in env else size
+        for block in edit.blocks:
+            where = block.where[0]
+            if isinstance(where.start, int) and isinstance(where.stop, int):
+                runs |= {where.start, where.stop}
+    if not runs:
+        return [("", edits)]
+    bounds = sorted(runs | {0, size})
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        cut = {}
+        for role, edit in edits.items():
+            if role not in EXPERT_ROLES:
+                cut[role] = edit
+                continue
+            blocks = []
+            for block in edit.blocks:
+                where = block.where[0]
+                if isinstance(where.start, int) and isinstance(where.stop, int):
+                    if where.start <= a and b <= where.stop:
+                        blocks.append(dataclasses.replace(block, where=(Range(0, E),) + block.where[1:]))
+                elif sp.expand(sp.sympify(where.start)) == 0 and sp.expand(sp.sympify(where.stop) - E) == 0:
+                    blocks.append(block)
+                else:
+                    raise Stuck(f"{role}: runs of listed experts mixed with bands of new experts")
+            cut[role] = dataclasses.replace(edit, blocks=tuple(blocks))
+        out.append((f"experts {a}-{b - 1}" if b - a > 1 else f"expert {a}", cut))
+    return out
+
+
 def _rest(edit):
     """The old shape without the experts axis (a dense source has none)."""
     return tuple(edit.old_shape[1:]) if edit.source[0] in EXPERT_ROLES else tuple(edit.old_shape)

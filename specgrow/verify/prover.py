@@ -204,9 +204,19 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
     per_head = S.is_per_head(edits)
     shape = before
     w = S.Weights(shape, edits, old_layer, per_head=per_head, zeros=zeros)
-    moe_key = None
+    moe = []  # (label, MoELayer, cache key) per class of experts
     if after.layers[layers[0]].experts:
-        w.moe, moe_key = _moe_layer(step_plan, what, layers[0], edits, old_layer, per_head, zeros)
+        from specgrow.verify.experts import classes
+
+        try:
+            cut = classes(edits)
+        except Stuck as err:
+            return [Obligation(index, "mixture of experts", layers, Verdict.UNKNOWN,
+                               "moe'(lift(x)) = lift(moe(x))", stuck=str(err))]
+        for label, part in cut:
+            layer_moe, moe_key = _moe_layer(step_plan, what, layers[0], part, old_layer, per_head, zeros)
+            moe.append((label, layer_moe, (moe_key, _key(part), label)))
+        w.moe = moe[0][1]
     s_after = after.layers[layers[0]]
     s_before = before.layers[old_layer] if what == "grown" else s_after
     key_new = S.k * sp.Integer(s_after.key) / s_before.key if per_head else S.k
@@ -259,8 +269,11 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
                                    lambda: _lift_old(S.attention(w, lift(x), x, eps_new, key_new, value_new),
                                                      lift, eps_old),
                                    ("attn", key, eps_new, str(lift(x)))))
-    if touches("mlp") and w.moe is not None:
-        results += _moe_obligations(index, layers, w, lift, x, eps_new, eps_old, (key, moe_key, eps_new, str(lift(x))))
+    if touches("mlp") and moe:
+        for label, layer_moe, moe_key in moe:
+            part = S.Weights(shape, edits, old_layer, per_head=per_head, zeros=zeros, moe=layer_moe)
+            results += _moe_obligations(index, layers, part, lift, x, eps_new, eps_old,
+                                        (key, moe_key, eps_new, str(lift(x))), label)
     elif touches("mlp"):
         results.append(_obligation(index, "mlp", layers, "mlp'(lift(x)) = lift(mlp(x))",
                                    lambda: _lift_old(S.mlp(w, lift(x), x, eps_new), lift, eps_old),
@@ -281,19 +294,21 @@ def _moe_layer(step_plan, what, layer, edits, old_layer, per_head, zeros):
     return moe, (s_before, after.layers[layer], before.renormalize, after.renormalize, str(g.added), g.upcycled)
 
 
-def _moe_obligations(index, layers, w, lift, x, eps_new, eps_old, key):
+def _moe_obligations(index, layers, w, lift, x, eps_new, eps_old, key, label=""):
     """A MoE layer after the step: for a grown one, the router (each new expert's logits are its old
-    expert's) then the mixture under the routing lemma; for an upcycled one, the mixture."""
+    expert's) then the mixture under the routing lemma; for an upcycled one, the mixture. ``label`` names
+    the class of experts when the step treats some experts apart (`specgrow.verify.experts.classes`)."""
     out = []
     same = True
+    which = f" ({label})" if label else ""
     if w.moe.before is not None and not w.moe.generic.upcycled:
-        router = _obligation(index, "router (one generic expert's new experts)", layers,
+        router = _obligation(index, f"router (one generic expert's new experts){which}", layers,
                              "r'_c(lift(x)) = r_e(x) for each new expert c of old expert e",
                              lambda: _eps(S.router(w, lift(x), x, eps_new), eps_old), ("router", key))
         out.append(router)
         same = router.verdict is Verdict.PROVED
     side: list = []
-    out.append(_obligation(index, "mixture of experts (one generic expert)", layers,
+    out.append(_obligation(index, f"mixture of experts (one generic expert){which}", layers,
                            "moe'(lift(x)) = lift(moe(x)) under the routing lemma",
                            lambda: _lift_old(S.mlp(w, lift(x), x, eps_new, side) if same else
                                              S.post_norm(w, "mlp_post_norm",
