@@ -75,6 +75,11 @@ def generic(edits: dict, experts_before: int) -> Generic:
             if sp.expand(key / size).xreplace(env).is_integer is not True:
                 raise Stuck(f"{role}: experts in bands not aligned to the old experts")
             bands.setdefault(key, {}).setdefault(role, []).append(_dropped(block))
+    edited = {role for role in edits if role in EXPERT_ROLES}
+    for key, roles in bands.items():
+        if set(roles) != edited:  # a band must say how each edited tensor makes its experts
+            raise Stuck(f"new experts at {key} are written by {sorted(roles)} but not by "
+                        f"{sorted(edited - set(roles))}")
     keys = sorted(bands, key=lambda k: int(sp.sympify(k).xreplace(_env_all(edits))))
     out = [] if keys else [{}]
     for key in keys:
