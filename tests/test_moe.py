@@ -427,3 +427,67 @@ def test_spec_errors_name_the_field(name):
     error = info.value
     text = error.render() if hasattr(error, "render") else str(error)
     assert re.search(where, text), text
+
+
+# ------------------------------------------------------------------ the routing lemmas at index level
+
+def test_route_copies_softmax_and_renormalisation_index_level():
+    """Softmax over m copies of E logits gives copy (j, e) exp(l_e) / (m * sum_e' exp(l_e')) = p_e / m; the
+    selected copies (all m copies of the top-k set K) sum to sum_{e in K} p_e, so the renormalised weight
+    of a copy is (p_e / m) / sum_K p = w_e / m too. Proved with Sum over symbolic E, m and K's indicator."""
+    e, e2, j2 = sp.symbols("e e2 j2", integer=True, nonnegative=True)
+    E_, m_ = sp.symbols("E m", integer=True, positive=True)
+    l, sel = sp.IndexedBase("l", real=True), sp.IndexedBase("s", real=True)  # s[e]: 1 when e is in the top-k
+    z_old = sp.Sum(sp.exp(l[e2]), (e2, 0, E_ - 1))
+    z_new = sp.Sum(sp.Sum(sp.exp(l[e2]), (j2, 0, m_ - 1)).doit(), (e2, 0, E_ - 1))  # copy (j2, e2) has l[e2]
+    p_old, p_new = sp.exp(l[e]) / z_old, sp.exp(l[e]) / z_new
+    assert sp.simplify(p_new - p_old / m_) == 0
+    kept_old = sp.Sum(sel[e2] * sp.exp(l[e2]) / z_old, (e2, 0, E_ - 1))
+    kept_new = sp.Sum(sp.Sum(sel[e2] * sp.exp(l[e2]) / z_new, (j2, 0, m_ - 1)).doit(), (e2, 0, E_ - 1))
+    assert sp.simplify(kept_new - kept_old) == 0
+    assert sp.simplify(p_new / kept_new - (p_old / kept_old) / m_) == 0
+    # and the mixture: m copies weighing w/m each, with the copies' outputs F_j, give w * mean_j F_j
+    f = sp.IndexedBase("F", real=True)
+    w_ = sp.Symbol("w", positive=True)
+    assert sp.simplify(sp.Sum(w_ / m_ * f[j2], (j2, 0, m_ - 1)) - w_ * sp.Sum(f[j2], (j2, 0, m_ - 1)) / m_) == 0
+
+
+def _top(values, k):
+    """The top-k index set of ``values`` when it is unique (no tie at the k-th place), else None."""
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    if k < len(values) and values[order[k - 1]] == values[order[k]]:
+        return None
+    return frozenset(order[:k])
+
+
+@pytest.mark.parametrize("experts", [2, 3, 4])
+@pytest.mark.parametrize("m", [2, 3])
+def test_route_copies_top_k_over_copies_exhaustively(experts, m):
+    """The top-(m*k) of m copies (in bands of E) of E scores are the copies of the top k, for every ranking
+    of the scores (ties between distinct experts included), every k, whenever the old top-k is unique;
+    with a tie at the k-th place the old top-k is not unique, and neither is the new one."""
+    import itertools
+
+    checked = 0
+    for scores in itertools.product(range(experts), repeat=experts):  # every weak ranking of E scores
+        copies = [scores[i % experts] for i in range(m * experts)]  # new expert j*E + e has score of e
+        for k in range(1, experts + 1):
+            old, new = _top(scores, k), _top(copies, m * k)
+            if old is None:
+                assert new is None or m * k == m * experts
+                continue
+            assert new == frozenset(j * experts + e for j in range(m) for e in old), (scores, k)
+            checked += 1
+    assert checked > 0
+
+
+def test_route_identical_index_level():
+    """Identical experts F: sum over the selected set K of w_e * F = F * sum_K w; renormalised, sum_K w = 1;
+    with a zero router every p_e = 1/E, so sum_K p = k/E whichever k experts tie in."""
+    e2 = sp.Symbol("e2", integer=True, nonnegative=True)
+    E_, k_ = sp.symbols("E k", integer=True, positive=True)
+    f, p = sp.Symbol("F", real=True), sp.IndexedBase("p", positive=True)
+    kept = sp.Sum(p[e2], (e2, 0, k_ - 1))  # the selected experts, renumbered 0..k-1
+    assert sp.simplify(sp.Sum(p[e2] / kept * f, (e2, 0, k_ - 1)) - f) == 0
+    uniform = sp.exp(sp.Integer(0)) / sp.Sum(sp.exp(sp.Integer(0)), (e2, 0, E_ - 1)).doit()
+    assert sp.simplify(sp.Sum(uniform * f, (e2, 0, k_ - 1)).doit() - k_ / E_ * f) == 0
