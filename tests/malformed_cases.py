@@ -93,7 +93,7 @@ CASES: list[tuple[str, bytes, str, int]] = [
     ("unknown-model-key", model("nrom: rmsnorm"),
      r"^model: unknown key 'nrom' \(expected one of: activation, arch, ", 4),
     ("unknown-step-key", steps("mlp: {to: 512}", "mlp: {widht: 1024, to: 1024}"),
-     r"^steps\[1\].mlp: unknown key 'widht' \(expected one of: init, layers, method, noise, to\)$", 6),
+     r"^steps\[1\].mlp: unknown key 'widht' \(expected one of: experts, init, layers, method, noise, to\)$", 6),
     ("unknown-step-kind", steps("widen: {to: 512}"),
      r"^steps\[0\]: expected exactly one of mlp, heads, value, key, hidden, layers, experts, upcycle; found widen$", 5),
     ("two-step-kinds", steps("{mlp: {to: 512}, heads: {add: 1}}"),

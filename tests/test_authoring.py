@@ -301,7 +301,7 @@ def test_an_unknown_key_is_reported_before_the_missing_one_it_misspells():
     with pytest.raises(SpecError) as caught:
         load_spec_text(text, "spec.yaml")
     assert caught.value.render() == ("spec.yaml:5:11: error: steps[0].mlp: unknown key 'too' "
-                                     "(expected one of: init, layers, method, noise, to)")
+                                     "(expected one of: experts, init, layers, method, noise, to)")
 
 
 def test_prove_json_names_the_spec_spec(tmp_path, capsys):

@@ -436,3 +436,31 @@ def test_dcp_holds_the_experts_packed_as_the_module_does(tmp_path, kind, steps):
         dcp.load(got, checkpoint_id=str(tmp_path / "out"), no_dist=True)
     assert "model.layers.1.mlp.experts.gate_up_proj" in got
     assert all(torch.equal(got[name], expected[name]) for name in expected)
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3_moe"])
+def test_apply_grows_a_saved_adamw_state_expert_by_expert(tmp_path, kind):
+    """``apply --optimizer`` on a MoE folder: duplicated experts (router rows, gate_up_proj, down_proj) each get
+    half the old first moment and a quarter of the second (each copy takes half the gradient)."""
+    model = save_tiny(kind, tmp_path / "in")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    model(torch.randint(0, 50, (2, 8))).logits.square().mean().backward()
+    optimizer.step()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    spec = spec_for(tmp_path / "in", [{"experts": {"to": 8}}], tmp_path / "spec.yaml")
+    assert main(["apply", str(spec), "--input", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-q",
+                 "--optimizer", str(tmp_path / "optimizer.pt")]) == 0
+    grown = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"))
+    grown_optimizer = torch.optim.AdamW(grown.parameters(), lr=1e-3)
+    grown_optimizer.load_state_dict(torch.load(tmp_path / "out" / "optimizer.pt"))
+    for parameter in grown.parameters():
+        assert grown_optimizer.state[parameter]["exp_avg"].shape == parameter.shape
+    old_mlp, new_mlp = model.model.layers[0].mlp, grown.model.layers[0].mlp
+    for old, new in [(old_mlp.experts.down_proj, new_mlp.experts.down_proj),
+                     (old_mlp.experts.gate_up_proj, new_mlp.experts.gate_up_proj), (old_mlp.gate.weight, new_mlp.gate.weight)]:
+        before, after = optimizer.state[old], grown_optimizer.state[new]
+        count = before["exp_avg"].shape[0]
+        for band in (slice(0, count), slice(count, 2 * count)):
+            torch.testing.assert_close(after["exp_avg"][band], before["exp_avg"] / 2, rtol=1e-6, atol=0)
+            torch.testing.assert_close(after["exp_avg_sq"][band], before["exp_avg_sq"] / 4, rtol=1e-6, atol=0)
