@@ -71,6 +71,26 @@ def test_route_copies(experts, k, m, renormalize):
     torch.testing.assert_close(copies, same, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_route_copies_under_a_tie_is_a_convex_combination_of_the_old_outputs(renormalize):
+    """A tie at the k-th place (experts 1 and 2 below): the old output is f_1 or f_2 there, as top-k breaks the
+    tie; duplicated, whatever top-(2k) picks among the four tied copies, the output is a mix of the two."""
+    _, expert = _experts(4, 5, 7)
+    x = torch.randn(1, 1, 5, dtype=torch.float64)
+    logits = torch.tensor([[[2.0, 1.0, 1.0, -1.0]]], dtype=torch.float64)  # top-2: expert 0, then 1 or 2
+    weights, _ = route(logits, 2, renormalize)
+    w0, w1 = weights[0, 0].tolist()
+    outputs = [w0 * expert(0, x[0]) + w1 * expert(tied, x[0]) for tied in (1, 2)]  # the old model's two outcomes
+    wide = torch.cat([logits] * 2, dim=-1)
+    for order in ([0, 1, 2, 3], [0, 2, 1, 3], [0, 1, 3, 2], [0, 3, 2, 1]):  # other tie orders: permuted experts
+        perm = torch.tensor(order + [e + 4 for e in order])
+        grown = mixture(x, wide[..., perm], 4, renormalize, lambda i, xs: expert(int(perm[i]) % 4, xs))[0]
+        a, b = outputs
+        alpha = float(((grown - b) * (a - b)).sum() / ((a - b) ** 2).sum())  # grown = alpha a + (1 - alpha) b
+        assert -1e-12 <= alpha <= 1 + 1e-12
+        torch.testing.assert_close(grown, alpha * a + (1 - alpha) * b, rtol=1e-12, atol=1e-12)
+
+
 def test_route_copies_needs_the_top_k_multiplied():
     """With top_k left at k the copies of the old top experts crowd out the rest: the mixture changes."""
     g = torch.Generator().manual_seed(1)

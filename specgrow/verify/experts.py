@@ -27,8 +27,12 @@ from specgrow.verify import build
 from specgrow.verify.build import Stuck
 
 E = sym("E")
-TIES = ("ties: the old top-k is assumed unique (no tie between distinct experts at the k-th place, so the "
-        "old routing is well defined); copies of one expert tie with each other and are selected together")
+TIES = ("ties: exact for every token whose old top-k is unique (no tie between distinct experts at the k-th "
+        "place); copies of one expert tie with each other and are selected together. For a token with such a tie "
+        "the old output itself depends on how top-k breaks it; duplicated, the grown one is a convex combination of "
+        "the old possible outputs (each tied expert's copies weigh alike); split, it may sum pieces of different "
+        "tied experts. bfloat16 router logits tie often: on random "
+        "routers 0.3 % of tokens for 8 experts, top-2, and 4-6 % for 64-128 experts, top-8")
 
 
 @dataclass(frozen=True)
