@@ -111,3 +111,41 @@ def test_the_largest_allowed_noise_passes_apply_check_in_float32_and_bfloat16():
             tokens = tokens_for(plan.before, 0, "cpu")
             result = compare(logits(plan.before, states[0], tokens), logits(plan.after, states[-1], tokens), dtype, 0)
             assert result.passed, (step, dtype, result.max_abs_diff)
+
+
+UNDERFLOWING = """specgrow: 1
+model:
+  dims: {hidden: 4, mlp: 4, heads: 1, kv_heads: 1, key: 2, value: 1, layers: 1, vocab: 5, positions: 3}
+  norm_eps: 0.0
+  activation: relu
+  position: none
+  final_norm: false
+  qk_norm: head
+  norm_offset: 1
+  parallel_residual: true
+seed: 0
+steps:
+- layers: {add: 1, at: 0, init: {rest: {normal: %s}}}
+"""
+
+
+def test_a_norm_with_eps_0_of_an_underflowing_input_is_not_proved():
+    """A new layer whose query projection is normal(1e-30): in real numbers its eps-0 QK-norm rescales the tiny
+    query back, but in float32 the query's mean square underflows to 0 and the norm gives 0/0, so apply's
+    check sees NaN. The prover does not promise what the bytes cannot keep: UNKNOWN, not PROVED. At 1e-8 the
+    mean square (1e-16) stays representable: PROVED, and apply's float32 check passes."""
+    from specgrow.lower.numeric import compare, logits, tokens_for
+    from specgrow.lower.stream import grow_state
+    from specgrow.models.reference import random_state
+    from specgrow.transforms import compile_spec
+
+    tiny = prove_spec(load_spec_text(UNDERFLOWING % "1.0e-30"))
+    assert tiny.verdict is Verdict.UNKNOWN
+    assert any("underflows" in (o.stuck or "") for s in tiny.steps for o in s.obligations)
+    spec = load_spec_text(UNDERFLOWING % "1.0e-8")
+    assert prove_spec(spec).verdict is Verdict.PROVED
+    plan = compile_spec(spec)
+    states = grow_state(random_state(plan.before, 0), plan.concrete(), "cpu")
+    tokens = tokens_for(plan.before, 0, "cpu")
+    assert compare(logits(plan.before, states[0], tokens), logits(plan.after, states[-1], tokens),
+                   torch.float32, 0).passed

@@ -16,6 +16,7 @@ from specgrow.transforms.common import SPACE_SIZE
 from specgrow.verify.algebra import Trace, add, apply_fn, collapse, elementwise_fn, mul, softcap_fn
 from specgrow.verify.build import Stuck, symbolize
 from specgrow.verify.ops import LEMMAS, HeadNorm, Heads, LayerNorm, Mixture, RMSNorm, Rope, Softmax, all_zero
+from specgrow.verify.ops import _split_scalar
 from specgrow.rope import WIDTH_DEPENDENT
 from specgrow.shape import EXPERT_ROLES, GATED, GLOBAL_ROLES, LAYER_ROLES, QK_NORM_GAINS
 from specgrow.ir import Grouped
@@ -84,10 +85,23 @@ class NaNNorm(Exception):
     does not save it)."""
 
 
+UNDERFLOW = 1e-19  # a factor whose square is below float32's (and bfloat16's) smallest normal number, 1.2e-38
+
+
 def _finite(x, eps, what):
-    """``x``, after checking that the grown model's norm ``what`` with ``eps`` is not 0/0."""
-    if eps == 0 and all_zero(collapse(x, Trace(), extra=LEMMAS)):
+    """``x``, after checking that the grown model's norm ``what`` with ``eps`` is not 0/0: an all-zero input
+    is NaN (`NaNNorm`); an input carrying a factor below `UNDERFLOW` squares to zero in float32 and
+    bfloat16, so the bytes written would hold 0/0 where the reals do not (`Stuck`: UNKNOWN)."""
+    if eps != 0:
+        return x
+    collapsed = collapse(x, Trace(), extra=LEMMAS)
+    if all_zero(collapsed):
         raise NaNNorm(f"{what} of an all-zero input with eps 0 is 0/0 (NaN), and NaN * 0 is NaN")
+    factor = _split_scalar(collapsed)[0]
+    if factor.is_number and factor != 0 and abs(float(factor)) < UNDERFLOW:
+        raise Stuck(f"{what} with eps 0 reads an input scaled by {float(factor):.3g}: its mean square underflows "
+                    "to 0 in float32 and bfloat16, so the weights written would give 0/0 (NaN) where the real "
+                    "numbers do not")
     return x
 
 
