@@ -421,7 +421,7 @@ class _Checker:
         if not layers:
             raise self.fail(path, "the model has no MoE layer here (upcycle dense layers first)")
         grown = list(shape.layers)
-        top_k = None
+        top_k = []
         for i in layers:
             layer = shape.layers[i]
             if not layer.experts:
@@ -440,9 +440,9 @@ class _Checker:
             k = raw.get("top_k", want)
             if k > to:
                 raise self.fail(path + ("top_k",), f"expected at most the {to} experts, found {k}")
-            top_k = k
+            top_k.append(k)
             grown[i] = replace(layer, experts=to, top_k=k, mlp=layer.mlp // m if method == "split" else layer.mlp)
-        step = ExpertsStep(to, layers, method, top_k, noise, self.init(path, "experts", raw))
+        step = ExpertsStep(to, layers, method, tuple(top_k), noise, self.init(path, "experts", raw))
         return step, replace(shape, layers=tuple(grown))
 
     def upcycle(self, path: KeyPath, raw: dict, shape: Shape) -> tuple[UpcycleStep, Shape]:

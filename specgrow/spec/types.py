@@ -178,7 +178,7 @@ class ExpertsStep(_Step):
     to: int
     layers: tuple[int, ...]
     method: Literal["duplicate", "split", "add"]
-    top_k: int  # the grown layers' top_k (resolved: the method's default unless given)
+    top_k: tuple[int, ...]  # each grown layer's top_k, in the order of ``layers`` (the method's default unless given)
     noise: float
     init: InitMap
     kind: str = "experts"

@@ -27,11 +27,11 @@ from dataclasses import replace
 
 import sympy
 
-from specgrow.ir import Block, Noise, Old, Range, TensorEdit, sym
+from specgrow.ir import Block, Old, Range, TensorEdit, sym
 from specgrow.shape import EXPERT_ROLES, LAYER_ROLES
-from specgrow.transforms.common import SPACE_SIZE, Grown, Segment, grow_tensor, keep, layer_dims
+from specgrow.transforms.common import SPACE_SIZE, Grown, Segment, grow_tensor, layer_dims
 
-E, dE, p, h = sym("E"), sym("dE"), sym("p"), sym("h")
+E, dE, p = sym("E"), sym("dE"), sym("p")
 _FILL = {"mlp.router.weight": "router", "mlp.experts.up.weight": "w_in", "mlp.experts.gate.weight": "w_gate",
          "mlp.experts.down.weight": "w_out"}
 _DENSE = {"mlp.experts.up.weight": "mlp.up.weight", "mlp.experts.gate.weight": "mlp.gate.weight",
@@ -40,7 +40,7 @@ _DENSE = {"mlp.experts.up.weight": "mlp.up.weight", "mlp.experts.gate.weight": "
 
 def compile_step(step, shape, ctx):
     edits, layers = [], list(shape.layers)
-    for i in step.layers:
+    for i, top_k in zip(step.layers, step.top_k):
         old = shape.layers[i]
         m = step.to // old.experts
         dims = layer_dims(shape, i)
@@ -48,7 +48,7 @@ def compile_step(step, shape, ctx):
         if step.method == "split":
             dims["p"] = old.mlp // m  # p: the new experts' width, the old one m*p
             edits += [_split(role, i, m, dims) for role in roles]
-            layers[i] = replace(old, experts=step.to, top_k=step.top_k, mlp=old.mlp // m)
+            layers[i] = replace(old, experts=step.to, top_k=top_k, mlp=old.mlp // m)
             continue
         if step.method == "duplicate":
             for role in roles:
@@ -61,7 +61,7 @@ def compile_step(step, shape, ctx):
                 grow = {"experts": (E + dE, (Segment(Range(0, E), Range(0, E)), Segment(Range(E, E + dE),
                                                                                        fill=_FILL[role])))}
                 edits.append(grow_tensor(ctx, shape, role, i, grow, dims))
-        layers[i] = replace(old, experts=step.to, top_k=step.top_k)
+        layers[i] = replace(old, experts=step.to, top_k=top_k)
     return Grown(tuple(edits), shape.with_layers(layers))
 
 
@@ -112,5 +112,3 @@ def compile_upcycle(step, shape, ctx):
     after = replace(shape.with_layers(layers), renormalize=step.renormalize)
     return Grown(tuple(edits), after)
 
-
-__all__ = ["compile_step", "compile_upcycle", "keep", "Noise"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from specgrow.ir import Const, Old, Range, TensorEdit, sym
+from specgrow.ir import Const, Old, Range, sym
 from specgrow.shape import EXPERT_ROLES
 from specgrow.verify import build
 from specgrow.verify.build import Stuck
