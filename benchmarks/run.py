@@ -9,6 +9,9 @@
 | 3 | peak RSS of ``apply`` above an import-torch process / largest output tensor | <= 1.5x | apply_bench |
 | 4 | ``apply`` wall / plain safetensors load+save of the output | <= 1.3x | apply_bench |
 | 5 | CUDA only: in-memory growth of a LLaMA-7B-shaped model / device clone bandwidth | >= 0.5x | grow_bench |
+| 6 | upcycling to Mixtral: ``apply`` wall / transformers from_pretrained + copy + save_pretrained | <= 1x | moe_bench |
+| 7 | upcycling: ``apply`` peak RSS / the transformers script's, above import torch | <= 1x | moe_bench |
+| 8 | upcycling: ``apply`` wall / plain safetensors load+save of the output | <= 1.3x | moe_bench |
 
 ``--quick`` is the CI-sized run (3 runs per median, a ~230 MB checkpoint, about a minute
 on 2 cores); without it, 5 runs and the ~2.2 GB checkpoint (several minutes). A missed target
@@ -30,11 +33,12 @@ from pathlib import Path
 
 import apply_bench
 import check_bench
+import moe_bench
 from harness import HERE, Collected, Row, print_rows, run_facts, write_json
 
-MODES = {  # runs per median for rows 1-2, checkpoint and runs for rows 3-4, runs for row 5
-    "full": dict(check_runs=5, apply_size="2gb", apply_runs=3, grow_runs=5),
-    "quick": dict(check_runs=3, apply_size="quick", apply_runs=2, grow_runs=3),
+MODES = {  # runs per median for rows 1-2, checkpoint and runs for rows 3-4 and 6-8, runs for row 5
+    "full": dict(check_runs=5, apply_size="2gb", apply_runs=3, grow_runs=5, moe_size="quick", moe_runs=3),
+    "quick": dict(check_runs=3, apply_size="quick", apply_runs=2, grow_runs=3, moe_size="small", moe_runs=2),
 }
 
 
@@ -54,7 +58,7 @@ def grow_row(device: str = "auto", tiny: bool = False, runs: int = 5, band_mb: f
 
 
 def collect(mode: str = "full", grow_device: str = "auto", grow_tiny: bool = False, log=print) -> Collected:
-    """All five rows, in order; ``log`` is told when each part starts."""
+    """All eight rows, in order; ``log`` is told when each part starts."""
     settings = MODES[mode]
     rows, info = [], {"mode": mode, "seconds": {}}
 
@@ -69,6 +73,7 @@ def collect(mode: str = "full", grow_device: str = "auto", grow_tiny: bool = Fal
     part("check_bench", lambda: check_bench.measure(settings["check_runs"]))
     part("apply_bench", lambda: apply_bench.measure(settings["apply_size"], settings["apply_runs"]))
     part("grow_bench", lambda: grow_row(grow_device, grow_tiny, settings["grow_runs"]))
+    part("moe_bench", lambda: moe_bench.measure(settings["moe_size"], settings["moe_runs"]))
     return Collected(rows, info)
 
 

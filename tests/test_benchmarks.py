@@ -17,6 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import apply_bench  # noqa: E402
+import moe_bench  # noqa: E402
 import check_bench  # noqa: E402
 import grow_bench  # noqa: E402
 import harness  # noqa: E402
@@ -28,7 +29,7 @@ from specgrow.verify.prover import prove_spec  # noqa: E402
 from specgrow.verify.result import Verdict  # noqa: E402
 
 
-@pytest.mark.parametrize("module", [harness, apply_bench, check_bench, grow_bench, run])
+@pytest.mark.parametrize("module", [harness, apply_bench, check_bench, grow_bench, moe_bench, run])
 def test_doctests(module):
     failed, _ = doctest.testmod(module)
     assert failed == 0
@@ -198,16 +199,21 @@ def test_run_prints_one_table_and_writes_json(tmp_path, monkeypatch, capsys):
         {"prove_spec_seconds": {"2": 0.4, "96": 0.6}, "prove_spec_ratio": 1.5}))
     monkeypatch.setattr(apply_bench, "measure", lambda size, runs: Collected(
         [Row("rss", 400.0, 80.0, "MB", "<=", 1.5), Row("wall", 2.0, 1.0, "s", "<=", 1.3)], {"apply_checkpoint": size}))
+    monkeypatch.setattr(moe_bench, "measure", lambda size, runs: Collected(
+        [Row("moe wall", 1.0, 2.0, "s", "<=", 1.0), Row("moe rss", 100.0, 400.0, "MB", "<=", 1.0),
+         Row("moe floor", 2.0, 1.0, "s", "<=", 1.3)], {"moe_checkpoint": size}))
     out = tmp_path / "bench.json"
     assert run.main(["--quick", "--json", str(out), "--grow-device", "cpu", "--grow-tiny"]) == 0
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + 5 and table[0] == "| metric | measured | baseline | ratio | target | met? |"
-    assert re.search(r"^5 ratios: [23] met, [23] missed, 0 n/a", printed, re.M)  # row 5's verdict varies
+    assert len(table) == 2 + 8 and table[0] == "| metric | measured | baseline | ratio | target | met? |"
+    assert re.search(r"^8 ratios: [45] met, [34] missed, 0 n/a", printed, re.M)  # row 5's verdict varies
     doc = json.loads(out.read_text())
     assert [r["metric"] for r in doc["rows"]][:4] == ["check", "depth", "rss", "wall"]
+    assert [r["metric"] for r in doc["rows"]][5:] == ["moe wall", "moe rss", "moe floor"]
     assert doc["rows"][4]["unit"] == "GB/s" and doc["rows"][4]["na"] is None
     assert doc["info"]["mode"] == "quick" and doc["info"]["apply_checkpoint"] == "quick"
+    assert doc["info"]["moe_checkpoint"] == "small"
 
 
 def test_gpu_script_parses():
@@ -222,3 +228,31 @@ def test_run_fails_when_a_benchmark_crashes(monkeypatch):
     monkeypatch.setattr(check_bench, "measure", crash)
     with pytest.raises(RuntimeError, match="command failed"):
         run.main(["--quick"])
+
+
+def test_moe_bench_upcycles_a_tiny_checkpoint_both_ways(tmp_path, monkeypatch):
+    """The benchmark's two upcycling paths at tiny dims, in this process: specgrow's output and the
+    transformers script's load as the same Mixtral (router aside: each draws its own)."""
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from specgrow.cli import main
+
+    monkeypatch.setitem(apply_bench.SIZES, "tiny", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                                        num_key_value_heads=2, num_hidden_layers=2, vocab_size=50,
+                                                        grow_to=48))
+    spec, _ = moe_bench.make(tmp_path / "in", "tiny")
+    assert main(["apply", str(spec), "--input", str(tmp_path / "in"), "-o", str(tmp_path / "ours"), "-q"]) == 0
+    subprocess.run([sys.executable, "-c", moe_bench.TRANSFORMERS, str(tmp_path / "in"), str(tmp_path / "theirs")],
+                   check=True, capture_output=True)
+    ours = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ours"))
+    theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path / "theirs"))
+    assert type(ours).__name__ == type(theirs).__name__ == "MixtralForCausalLM"
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        if not name.endswith("mlp.gate.weight"):
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
