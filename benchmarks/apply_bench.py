@@ -119,33 +119,50 @@ def run_measured(command: list[str]) -> tuple[float, int]:
     return wall, usage.ru_maxrss * 1024
 
 
-def measure(size: str = "2gb", runs: int = RUNS) -> Collected:
-    """Rows 3 and 4 (this process must not import torch: a child's ru_maxrss could count its pages)."""
+def interleaved(script: str, size: str, runs: int, others=None) -> tuple[dict, int, dict, dict]:
+    """``script --make`` a checkpoint of ``size`` in a temporary folder (in a child), then run ``specgrow apply``
+    of its spec once to warm the page cache, and ``runs`` times in turn: apply and each of ``others`` (name ->
+    ``(input folder, output folder) -> command``) into a fresh output folder, a plain safetensors load + save of
+    the warm output, and a process that only imports torch. Outputs are removed between runs, outside the timing.
+
+    Returns the child's facts, the bytes of apply's safetensors output, the median wall seconds and the max
+    peak RSS bytes of each command (``apply``, the ``others``, ``plain``, ``baseline``). This process never
+    imports torch: a child's ru_maxrss could count its pages."""
+    others = others or {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        made = subprocess.run([sys.executable, __file__, "--size", size, "--make", tmp], check=True,
+        made = subprocess.run([sys.executable, script, "--size", size, "--make", tmp], check=True,
                               capture_output=True, text=True)
         facts = json.loads(made.stdout)
-        spec = facts["spec"]
-        out, copy = root / "out", root / "plain.safetensors"
+        source, warm, copy = root / "in", root / "warm", root / "plain.safetensors"
 
-        def apply(run: str) -> list[str]:  # a fresh output folder each time, as a user would write
-            return [sys.executable, "-m", "specgrow.cli", "apply", spec, "--input", str(root / "in"),
-                    "-o", str(root / run), "-q", "--device", "cpu"]
+        def apply(_, out: Path) -> list[str]:  # a fresh output folder each time, as a user would write
+            return [sys.executable, "-m", "specgrow.cli", "apply", facts["spec"], "--input", str(source),
+                    "-o", str(out), "-q", "--device", "cpu"]
 
         plain = [sys.executable, "-c", "import sys; from safetensors.torch import load_file, save_file; "
-                 "save_file(load_file(sys.argv[1]), sys.argv[2])", str(out / "model.safetensors"), str(copy)]
+                 "save_file(load_file(sys.argv[1]), sys.argv[2])", str(warm / "model.safetensors"), str(copy)]
         baseline = [sys.executable, "-c", "import torch"]
-        run_measured(apply("out"))  # warms the page cache; its output is what the plain copy reads
-        samples: dict[str, list] = {"apply": [], "plain": [], "baseline": []}
-        for run in range(runs):  # outputs are removed between runs, outside the timing
-            samples["apply"].append(run_measured(apply(f"run-{run}")))
-            shutil.rmtree(root / f"run-{run}")
+        run_measured(apply(source, warm))  # warms the page cache; its output is what the plain copy reads
+        output_bytes = sum(f.stat().st_size for f in warm.glob("*.safetensors"))
+        commands = {"apply": apply, **others}
+        samples: dict[str, list] = {name: [] for name in (*commands, "plain", "baseline")}
+        for run in range(runs):
+            for name, command in commands.items():
+                out = root / f"{name}-{run}"
+                samples[name].append(run_measured(command(source, out)))
+                shutil.rmtree(out)
             samples["plain"].append(run_measured(plain))
             copy.unlink()
             samples["baseline"].append(run_measured(baseline))
     wall = {name: statistics.median(s[0] for s in got) for name, got in samples.items()}
     rss = {name: max(s[1] for s in got) for name, got in samples.items()}
+    return facts, output_bytes, wall, rss
+
+
+def measure(size: str = "2gb", runs: int = RUNS) -> Collected:
+    """Rows 3 and 4."""
+    facts, _, wall, rss = interleaved(__file__, size, runs)
     largest = facts["largest_output_bytes"]
     where = f"{size} checkpoint, {facts['input_bytes'] / 1e6:,.0f} MB in (fp32, hidden growth)"
     rows = [
@@ -161,25 +178,34 @@ def measure(size: str = "2gb", runs: int = RUNS) -> Collected:
     return Collected(rows, info)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="2gb")
+def command_line(argv, doc: str, make, measure, default: str, describe=None) -> int:
+    """The command line of a checkpoint benchmark: ``--size``, ``--runs``, ``--json``, and the internal
+    ``--make DIR`` that writes the checkpoint (``make(folder, size) -> (spec, facts)``) in a child;
+    ``describe(result, args)`` is printed above the table when given."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default=default)
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE ('-': stdout)")
     parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)  # internal: write the checkpoint
     args = parser.parse_args(argv)
     if args.make:
-        spec, facts = make_checkpoint(Path(args.make) / "in", args.size)
+        spec, facts = make(Path(args.make) / "in", args.size)
         print(json.dumps({"spec": str(spec), **facts}))
         return 0
     facts = run_facts()
     result = measure(args.size, args.runs)
-    print(f"checkpoint {args.size}: {result.info['input_bytes'] / 1e9:.2f} GB in; largest output tensor "
-          f"{result.info['largest_output_bytes'] / 1e6:.0f} MB; median of {args.runs} interleaved runs")
+    if describe is not None:
+        print(describe(result, args))
     print_rows(result.rows)
     if args.json:
         write_json(args.json, result.rows, facts, result.info)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_line(argv, __doc__, make_checkpoint, measure, "2gb", lambda result, args: (
+        f"checkpoint {args.size}: {result.info['input_bytes'] / 1e9:.2f} GB in; largest output tensor "
+        f"{result.info['largest_output_bytes'] / 1e6:.0f} MB; median of {args.runs} interleaved runs"))
 
 
 if __name__ == "__main__":

@@ -17,19 +17,13 @@ A measurement: always exits 0 unless a command fails. Run from the repository ro
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 import apply_bench
-from apply_bench import run_measured
-from harness import Collected, Row, print_rows, run_facts, write_json
+from harness import Collected, Row
 
 EXPERTS, TOP_K = 4, 2
 RUNS = 3
@@ -74,42 +68,12 @@ def make(folder: Path, size: str) -> tuple[Path, dict]:
 
 
 def measure(size: str = "quick", runs: int = RUNS) -> Collected:
-    """The three rows (this process never imports torch: a child's ru_maxrss could count its pages)."""
-    import subprocess
+    """The three rows."""
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        made = subprocess.run([sys.executable, __file__, "--size", size, "--make", tmp], check=True,
-                              capture_output=True, text=True)
-        facts = json.loads(made.stdout)
-        source = root / "in"
+    def transformers(source: Path, out: Path) -> list[str]:
+        return [sys.executable, "-c", TRANSFORMERS, str(source), str(out)]
 
-        def apply(out: Path) -> list[str]:
-            return [sys.executable, "-m", "specgrow.cli", "apply", facts["spec"], "--input", str(source),
-                    "-o", str(out), "-q", "--device", "cpu"]
-
-        def transformers(out: Path) -> list[str]:
-            return [sys.executable, "-c", TRANSFORMERS, str(source), str(out)]
-
-        def plain(out: Path) -> list[str]:
-            return [sys.executable, "-c", "import sys; from safetensors.torch import load_file, save_file; "
-                    "save_file(load_file(sys.argv[1]), sys.argv[2])", str(out / "model.safetensors"),
-                    str(root / "plain.safetensors")]
-
-        warm = root / "warm"
-        run_measured(apply(warm))  # warms the page cache; its output is what the plain copy reads
-        output_bytes = sum(f.stat().st_size for f in warm.glob("*.safetensors"))
-        samples: dict[str, list] = {"apply": [], "transformers": [], "plain": [], "baseline": []}
-        for run in range(runs):  # outputs are removed between runs, outside the timing
-            for name, command in (("apply", apply), ("transformers", transformers)):
-                out = root / f"{name}-{run}"
-                samples[name].append(run_measured(command(out)))
-                shutil.rmtree(out)
-            samples["plain"].append(run_measured(plain(warm)))
-            (root / "plain.safetensors").unlink()
-            samples["baseline"].append(run_measured([sys.executable, "-c", "import torch"]))
-    wall = {name: statistics.median(s[0] for s in got) for name, got in samples.items()}
-    rss = {name: max(s[1] for s in got) for name, got in samples.items()}
+    facts, output_bytes, wall, rss = apply_bench.interleaved(__file__, size, runs, {"transformers": transformers})
     where = (f"{size} checkpoint, {facts['input_bytes'] / 1e6:,.0f} MB in, {output_bytes / 1e6:,.0f} MB out (fp32, "
              f"every layer upcycled to {EXPERTS} experts, top-{TOP_K})")
     above = {name: (rss[name] - rss["baseline"]) / 1e6 for name in ("apply", "transformers")}
@@ -130,22 +94,7 @@ def measure(size: str = "quick", runs: int = RUNS) -> Collected:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=sorted(apply_bench.SIZES), default="quick")
-    parser.add_argument("--runs", type=int, default=RUNS)
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE ('-': stdout)")
-    parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)  # internal: write the checkpoint
-    args = parser.parse_args(argv)
-    if args.make:
-        spec, facts = make(Path(args.make) / "in", args.size)
-        print(json.dumps({"spec": str(spec), **facts}))
-        return 0
-    facts = run_facts()
-    result = measure(args.size, args.runs)
-    print_rows(result.rows)
-    if args.json:
-        write_json(args.json, result.rows, facts, result.info)
-    return 0
+    return apply_bench.command_line(argv, __doc__, make, measure, "quick")
 
 
 if __name__ == "__main__":
