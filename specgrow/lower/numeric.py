@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from specgrow.lower.stream import StateSource, bands, whole
-from specgrow.models.reference import activate, attend, mixture, normalize, softcap, sublayer
+from specgrow.models.reference import activate, attend, mixture, normalize, run_expert, softcap, sublayer
 from specgrow.shape import GATED, QK_NORM_GAINS, ModelShape
 
 TOLERANCE = {  # dtype -> (atol, rtol)
@@ -87,7 +87,7 @@ def streamed_logits(shape: ModelShape, source, tokens: torch.Tensor, band_bytes:
         def expert(e, xs):  # one expert's tensors read at a time
             w = {role: source.rows((f"mlp.experts.{role}.weight", i), e, e + 1)[0].to(device).float()
                  for role in ("up", "gate", "down") if shape.has_role(f"mlp.experts.{role}.weight", i)}
-            return activate(shape.activation, xs @ w["up"].T, xs @ w["gate"].T if "gate" in w else None) @ w["down"].T
+            return run_expert(shape.activation, xs, w["up"], w.get("gate"), w["down"])
 
         return mixture(h, linear(h, "mlp.router", i), s.top_k, shape.renormalize, expert)
 

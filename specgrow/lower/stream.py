@@ -193,10 +193,9 @@ class StepSource:
                 request = (level - 1, edit.source, low, int(wanted.max()) + 1)
                 band = self._measured.get(request)
                 band = (yield request) if band is None else band
+                value = self._copy(block, band.to(self.device), wanted - low, j0, j1, compute)
                 if repeated:
-                    value = self._copy_repeated(block, band.to(self.device), wanted - low, j1 - j0, compute)
-                else:
-                    value = self._copy(block, band.to(self.device), wanted - low, j0, j1, compute)
+                    value = _repeated(block, value, j1 - j0)
             else:
                 value = self._fill(level, block, j0, j1, compute)
             if out is None:
@@ -245,19 +244,6 @@ class StepSource:
             noise = self._draw(src.noise.seed, "normal", block, j0, j1, tail).to(compute)
             value = value + src.noise.sign * src.noise.std * noise
         return value
-
-    def _copy_repeated(self, block, band: torch.Tensor, rows, count: int, compute: torch.dtype) -> torch.Tensor:
-        """``count`` rows of an ``Old`` block whose selection covers the old tensor's axes only: the same
-        selection (times scale, plus shift) in each row of the block's leading axis (`specgrow.ir.Old`)."""
-        src = block.source
-        if len(block.where) - len(src.index) != 1 or src.noise is not None:
-            raise ValueError("an old selection repeats along the leading axis only, without noise")
-        value = band[as_slice(rows, self.device)]
-        for axis, sel in enumerate(src.index[1:], start=1):
-            value = value[(slice(None),) * axis + (indices(sel, self.device),)]
-        if src.scale != 1 or src.shift != 0:
-            value = value.to(compute) * src.scale + src.shift
-        return value.unsqueeze(0).expand(count, *value.shape)
 
     def _draw(self, seed: int, kind: str, block, j0: int, j1: int, tail) -> torch.Tensor:
         """Rows ``j0:j1`` of the block's draw, made tile by tile (independent of banding)."""
@@ -381,6 +367,14 @@ def grow_state(state, plan, device) -> list[dict[str, torch.Tensor]]:
         source = StateSource({key: whole(grown, key) for key in grown.keys()})
         states.append({tensor_name(*key): t for key, t in source.tensors.items()})
     return states
+
+
+def _repeated(block, value: torch.Tensor, count: int) -> torch.Tensor:
+    """``value``, an ``Old`` block's selection of the old tensor's own axes, repeated ``count`` times along the
+    block's leading axis (`specgrow.ir.Old` with fewer axes than its block; never with noise)."""
+    if len(block.where) - len(block.source.index) != 1 or block.source.noise is not None:
+        raise ValueError("an old selection repeats along the leading axis only, without noise")
+    return value.unsqueeze(0).expand(count, *value.shape)
 
 
 def _tile_seed(seed: int, tile: int) -> int:

@@ -161,10 +161,15 @@ class MoE(nn.Module):
         e = self.experts
 
         def expert(i, xs):
-            gate = xs @ e.gate.weight[i].T if e.gate is not None else None
-            return activate(self.activation, xs @ e.up.weight[i].T, gate) @ e.down.weight[i].T
+            return run_expert(self.activation, xs, e.up.weight[i], None if e.gate is None else e.gate.weight[i],
+                              e.down.weight[i])
 
         return mixture(x, self.router(x), self.top_k, self.renormalize, expert)
+
+
+def run_expert(activation: str, xs, up, gate, down):
+    """One expert on its tokens ``xs`` (n, h): ``down(act(gate xs) * up xs)`` (no gate: ``down(act(up xs))``)."""
+    return activate(activation, xs @ up.T, None if gate is None else xs @ gate.T) @ down.T
 
 
 def route(logits, top_k: int, renormalize: bool):

@@ -158,9 +158,8 @@ class _Grower:
             problem = _family_problem(arch, self.shape, result)
             if problem is not None:
                 raise self.blame(*problem)
-            renormalize = next((step.renormalize for step in reversed(self.steps) if step.kind == "upcycle"),
-                               self.model.renormalize)
-            moe = _experts_problem(self.model, self.shape, renormalize, result, grown=True)
+            renormalize = self.checker.renormalize  # None: no MoE layer
+            moe = _experts_problem(self.model, self.shape, bool(renormalize), result, grown=True)
             if moe is not None:
                 raise self.blame(("experts",), moe)
 

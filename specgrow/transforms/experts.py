@@ -15,10 +15,10 @@ times m (the m pieces each weigh 1/m); top_k becomes m*k: the same FLOPs per tok
 ``add`` (to = E + dE): new experts filled by the step's init, top_k unchanged. A router without
 a bias cannot keep them unselected, so this is not function-preserving; the prover refutes it.
 
-``upcycle``: a dense MLP becomes E identical experts (`Old` blocks broadcast over the experts
-axis) and a new router (zeros by default). With renormalised top-k the mixture of identical
-experts is the MLP for any router; without it the weights of a zero router's top-k sum to k/E,
-which the down projections stored times E/k make up.
+``upcycle``: a dense MLP becomes E identical experts (`Old` blocks repeated along the experts
+axis) and a new router (by default normal 0.02 when renormalised, else zeros). With renormalised
+top-k the mixture of identical experts is the MLP for any router; without it the weights of a
+zero router's top-k sum to k/E, which the down projections stored times E/k make up.
 """
 
 from __future__ import annotations

@@ -231,12 +231,6 @@ def is_zero(edit, zeros=frozenset()) -> bool:
     """
     if any(isinstance(b.source, Old) for b in edit.blocks) and edit.source not in zeros:
         return False
-    return _cells_zero(edit, zeros)
-
-
-def _cells_zero(edit, zeros) -> bool:
-    if any(isinstance(b.source, Old) for b in edit.blocks) and edit.source not in zeros:
-        return False
     if any(isinstance(b.source, Const) and b.source.value != 0 for b in edit.blocks):
         return False
     try:
