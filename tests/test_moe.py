@@ -511,3 +511,90 @@ def test_route_identical_index_level():
     assert sp.simplify(sp.Sum(p[e2] / kept * f, (e2, 0, k_ - 1)) - f) == 0
     uniform = sp.exp(sp.Integer(0)) / sp.Sum(sp.exp(sp.Integer(0)), (e2, 0, E_ - 1)).doit()
     assert sp.simplify(sp.Sum(uniform * f, (e2, 0, k_ - 1)).doit() - k_ / E_ * f) == 0
+
+
+# ------------------------------------------------------------------ routers whose rows tie for every token
+
+# Found by the soundness property: a new layer whose router is all ones (every expert's logit equal for
+# every token), then its experts duplicated with cancelling noise in the same stage. Old top-1 breaks the
+# tie by taking expert 0; new top-2 takes new experts 0 and 1, copies of two different old experts, so
+# the noise of each is left uncancelled. The proof must not rest on the noise being 1e-30.
+ONES_ROUTER = """\
+specgrow: 1
+model:
+  dims: {hidden: 4, mlp: 4, heads: 1, kv_heads: 1, key: 2, value: 1, layers: 1, vocab: 5, positions: 3}
+  norm: rmsnorm
+  norm_eps: 0.0
+  activation: relu
+  position: rope
+  final_norm: false
+  norm_offset: 1
+  parallel_residual: true
+  moe: {experts: 2, top_k: 1, width: 3, renormalize: false}
+seed: 0
+steps:
+- mlp: {to: 7, experts: [0, 1]}
+- layers: {add: 1, at: 0, init: {o: zeros, rest: ones}}
+- mlp: {to: 8, init: {w_in: zeros}}
+- experts: {to: 4, method: duplicate, layers: [0], noise: NOISE}
+- heads: {add: 1}
+"""
+
+
+def _tie_condition(step):
+    return [c for o in step.obligations for c in o.side_conditions if "tie for every token" in c.text]
+
+
+@pytest.mark.parametrize("noise", ["1.0e-30", "0.1"])
+def test_duplicating_experts_whose_router_ties_everywhere_is_not_proved(noise):
+    spec = load_spec_text(ONES_ROUTER.replace("NOISE", noise))
+    certificate = prove_spec(spec)
+    assert certificate.verdict.name != "PROVED"
+    step = certificate.steps[3]
+    assert step.verdict.name != "PROVED" and [c.holds for c in _tie_condition(step)] == [False]
+    assert [s.verdict.name for s in certificate.steps[:3]] == ["PROVED"] * 3
+    if noise == "0.1":  # the change is real: float64, the reference model
+        before, after, _, _ = grow(spec, torch.float64)
+        assert float((after - before).abs().max()) > 1e-3
+
+
+UPCYCLE_ONES = [{"upcycle": {"experts": 4, "top_k": 2, "init": {"router": "ones"}}},
+                {"experts": {"to": 8, "noise": 0.1}}]
+
+
+def test_a_constant_router_left_by_an_upcycle_ties_the_next_duplication():
+    """Upcycled with a constant router and renormalised: exact (identical experts), but every expert then
+    ties; duplicating with noise in the same stage changes the function, and is not PROVED. Trained in
+    between (a new stage), the tie is the checkpoint's to avoid and the duplication is PROVED."""
+    spec = _spec(UPCYCLE_ONES, None)
+    certificate = prove_spec(spec)
+    assert [s.verdict.name for s in certificate.steps][0] == "PROVED"
+    assert certificate.steps[1].verdict.name != "PROVED"
+    before, after, _, _ = grow(spec, torch.float64)
+    assert float((after - before).abs().max()) > 1e-3
+    staged = load_spec_text(spec_text([], **dict(MODEL)).replace(
+        "steps: []", "stages:\n  - at_step: 0\n    steps:\n      - upcycle: {experts: 4, top_k: 2, init: {router: ones}}\n"
+        "  - at_step: 100\n    steps:\n      - experts: {to: 8, noise: 0.1}\n"))
+    assert prove_spec(staged).verdict.name == "PROVED"
+
+
+@pytest.mark.parametrize("init, ties", [("ones", True), ("zeros", True), ({"normal": 0.02}, False),
+                                        ({"normal": 1.0e-9}, True), ({"uniform": 0.5}, False)])
+def test_router_ties_reads_the_router_init(init, ties):
+    from specgrow.verify.experts import ROUTER, router_ties, ties_after
+
+    spec = _spec([{"upcycle": {"experts": 4, "top_k": 2, "init": {"router": init}}},
+                  {"experts": {"to": 8}}, {"hidden": {"to": 16}}, {"layers": {"add": 1, "at": 0}}], None)
+    plan = compile_spec(spec)
+    tied, zeros = frozenset(), frozenset()
+    from specgrow.verify.prover import zeros_after
+
+    seen = []
+    for step in plan.steps:
+        tied, zeros = ties_after(step, tied, zeros), zeros_after(step, zeros)
+        seen.append(sorted(layer for role, layer in tied if role == ROUTER))
+    # upcycled: both layers; duplicated and widened: still; the layer added at 0 moves them to 1 and 2, and
+    # its own router, drawn like_old from a constant one (std 0), is that constant: tied too
+    assert seen == ([[0, 1]] * 3 + [[0, 1, 2]] if ties else [[]] * 4)
+    edit = next(e for e in plan.steps[0].edits if e.role == ROUTER)
+    assert router_ties(edit) is ties

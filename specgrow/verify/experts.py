@@ -21,12 +21,14 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from specgrow.ir import Const, Old, Range, sym
+from specgrow.ir import Const, Old, Random, Range, sym
 from specgrow.shape import EXPERT_ROLES
 from specgrow.verify import build
 from specgrow.verify.build import Stuck
 
 E = sym("E")
+ROUTER = "mlp.router.weight"
+DISTINCT = 1e-6  # a random router row below this std: float32 softmax cannot tell its experts' logits apart
 TIES = ("ties: exact for every token whose old top-k is unique (no tie between distinct experts at the k-th "
         "place); copies of one expert tie with each other and are selected together. For a token with such a tie "
         "the old output itself depends on how top-k breaks it; duplicated, the grown one is a convex combination of "
@@ -169,3 +171,60 @@ def is_zero(edit, zeros=frozenset()) -> bool:
         return False
     return bool(parts) and sum(len(p.blocks) for p in parts) == len(edit.blocks) and \
         all(build.is_zero(part, zeros) for part in parts)
+
+
+def ties_after(step_plan, tied: frozenset, zeros: frozenset) -> frozenset:
+    """The (router, layer) keys whose rows may be equal for experts of different origin after a step.
+
+    The routing lemma for copies (``route_copies``) needs each token's old top-k to be unique: no tie
+    between distinct experts at the k-th place. On a trained router that is an assumption about the
+    checkpoint (stated in the certificate). A router that an earlier step of the stage wrote can make
+    every token tie: a constant or zero row shared by the experts of one band, or tiny random rows.
+    Tracked like `specgrow.verify.prover.zeros_after`: the routers a step writes get their status
+    from their edit (`router_ties`); the others keep theirs.
+    """
+    written = {(e.role, e.layer) for e in step_plan.edits}
+    consumed = {e.source for e in step_plan.edits if e.source is not None}
+    kept = {key for key in tied if key not in written and key not in consumed}
+    return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if router_ties(e, tied, zeros)})
+
+
+def router_ties(edit, tied=frozenset(), zeros=frozenset()) -> bool:
+    """True unless every run of router rows carries something of its own expert: a read of the old
+    router's rows (not zero, not tied), or random values or noise drawn per element with std at least
+    `DISTINCT`. Conservative: anything else (constants, a tiny draw, a layout it cannot read) ties."""
+    if edit.role != ROUTER:
+        return False
+    env = {sym(n): sp.Integer(v) for n, v in edit.dims}
+    bounds, spans = set(), []
+    for block in edit.blocks:
+        where = block.where[0]
+        if not isinstance(where, Range) or sp.sympify(where.step) != 1:
+            return True
+        lo, hi = (int(sp.sympify(v).xreplace(env)) for v in (where.start, where.stop))
+        bounds |= {lo, hi}
+        spans.append((lo, hi, _own(block, edit, tied, zeros)))
+    bounds = sorted(bounds)
+    for lo, hi in zip(bounds, bounds[1:]):
+        covering = [own for a, b, own in spans if a <= lo and hi <= b]
+        if not any(covering):
+            return True
+    return False
+
+
+def _own(block, edit, tied, zeros) -> bool:
+    """Whether a router block gives each expert (row) a value of its own."""
+    src = block.source
+    if isinstance(src, Const):
+        return False
+    if isinstance(src, Random):
+        if src.dist == "like_old" and (src.like in zeros or src.like in tied):
+            return False  # a constant router has std 0: its draws are its mean, one row for all
+        return abs(float(src.param)) >= DISTINCT
+    if not isinstance(src, Old):
+        return False
+    if src.noise is not None and abs(float(src.noise.std)) >= DISTINCT:
+        return True
+    per_expert = len(src.index) == len(block.where)  # not one dense row repeated along the experts axis
+    return per_expert and edit.source is not None and edit.source not in zeros and edit.source not in tied \
+        and sp.sympify(src.scale) != 0

@@ -28,7 +28,7 @@ from specgrow.transforms import compile_spec
 from specgrow.verify import sublayers as S
 from specgrow.verify.algebra import Trace, collapse, sub
 from specgrow.verify.build import Stuck
-from specgrow.verify.experts import is_zero
+from specgrow.verify.experts import ROUTER, is_zero, ties_after
 from specgrow.verify.ops import LEMMAS, HeadNorm, LayerNorm, RMSNorm
 from specgrow.verify.result import (
     Certificate, Obligation, SideCondition, StageProof, StepProof, Verdict, combine,
@@ -52,13 +52,14 @@ def _prove_spec(spec) -> Certificate:
     plan = compile_spec(spec)
     steps, invariants, zeros_before = [], [], []
     zeros: frozenset = frozenset()  # tensors earlier steps left exactly zero
+    tied: frozenset = frozenset()  # routers earlier steps left with rows that tie (`experts.ties_after`)
     starts = {stage.start for stage in spec.stages}
     for step_plan, step in zip(plan.steps, spec.steps):
         if step_plan.index in starts:
-            zeros = frozenset()  # training between stages: nothing a stage left zero stays zero
+            zeros = tied = frozenset()  # training between stages: nothing a stage left zero or tied stays so
         zeros_before.append(zeros)
-        obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps, zeros)
-        zeros = zeros_after(step_plan, zeros)
+        obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps, zeros, tied)
+        zeros, tied = zeros_after(step_plan, zeros), ties_after(step_plan, tied, zeros)
         mark = spec.step_marks[step_plan.index]
         from specgrow.planview import describe_step
 
@@ -140,7 +141,7 @@ def zeros_after(step_plan, zeros: frozenset) -> frozenset:
     return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if is_zero(e, zeros)})
 
 
-def prove_step(step_plan, step, eps_value, zeros=frozenset()):
+def prove_step(step_plan, step, eps_value, zeros=frozenset(), tied=frozenset()):
     before, after = step_plan.before, step_plan.after
     by_layer: dict = {}
     for edit in step_plan.edits:
@@ -178,14 +179,15 @@ def prove_step(step_plan, step, eps_value, zeros=frozenset()):
         elif edits or kind != "same":
             old = before.layers[_old_index(edits, layer)]
             zero_roles = _zero_roles(zeros, _old_index(edits, layer))
-            groups.setdefault(("grown", _key("grown", flags, old, edits, kind, eps_value, zero_roles)),
+            tied_roles = _zero_roles(tied, _old_index(edits, layer))
+            groups.setdefault(("grown", _key("grown", flags, old, edits, kind, eps_value, zero_roles, tied_roles)),
                               []).append((layer, edits))
     for (what, _), members in groups.items():
         layer, edits = members[0]
         layers = tuple(m[0] for m in members)
         shape_layer = _old_index(edits, layer)
         out += _layer_obligations(step_plan, what, layers, edits, shape_layer, lift, x, eps_new, eps_old,
-                                  zeros)
+                                  zeros, tied)
     return out, invariant
 
 
@@ -198,7 +200,8 @@ def _old_index(edits, layer):
     return layer
 
 
-def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_new, eps_old, zeros):
+def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_new, eps_old, zeros,
+                       tied=frozenset()):
     before, after = step_plan.before, step_plan.after
     index = step_plan.index
     per_head = S.is_per_head(edits)
@@ -214,7 +217,7 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
             return [Obligation(index, "mixture of experts", layers, Verdict.UNKNOWN,
                                "moe'(lift(x)) = lift(moe(x))", stuck=str(err))]
         for label, part in cut:
-            layer_moe, moe_key = _moe_layer(step_plan, what, layers[0], part, old_layer, per_head, zeros)
+            layer_moe, moe_key = _moe_layer(step_plan, what, layers[0], part, old_layer, per_head, zeros, tied)
             moe.append((label, layer_moe, (moe_key, _key(part), label)))
         w.moe = moe[0][1]
     s_after = after.layers[layers[0]]
@@ -281,8 +284,9 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
     return results
 
 
-def _moe_layer(step_plan, what, layer, edits, old_layer, per_head, zeros):
-    """The `sublayers.MoELayer` of a layer with experts after the step, and its part of a cache key."""
+def _moe_layer(step_plan, what, layer, edits, old_layer, per_head, zeros, tied=frozenset()):
+    """The `sublayers.MoELayer` of a layer with experts after the step, and its part of a cache key.
+    ``tied``: the routers whose rows an earlier step of the stage may have made equal (`experts.ties_after`)."""
     from specgrow.verify.experts import generic
 
     before, after = step_plan.before, step_plan.after
@@ -290,8 +294,10 @@ def _moe_layer(step_plan, what, layer, edits, old_layer, per_head, zeros):
     g = generic(edits, s_before.experts if s_before else 0)
     others = {role: e for role, e in edits.items() if role not in EXPERT_ROLES}
     bands = tuple(S.Weights(before, {**others, **band}, old_layer, per_head=per_head, zeros=zeros) for band in g.bands)
-    moe = S.MoELayer(s_before, after.layers[layer], before.renormalize, after.renormalize, g, bands)
-    return moe, (s_before, after.layers[layer], before.renormalize, after.renormalize, str(g.added), g.upcycled)
+    ties = s_before is not None and (ROUTER, old_layer) in tied
+    moe = S.MoELayer(s_before, after.layers[layer], before.renormalize, after.renormalize, g, bands, ties)
+    return moe, (s_before, after.layers[layer], before.renormalize, after.renormalize, str(g.added), g.upcycled,
+                 ties)
 
 
 def _moe_obligations(index, layers, w, lift, x, eps_new, eps_old, key, label=""):

@@ -183,10 +183,12 @@ def mlp(w, x_new, x_old, eps_new, side=None):
 class MoELayer:
     """What the prover knows of a layer that has experts after the step: the layer's shape before
     (None for a new layer) and after, the model's renormalisation before and after, and one `Weights`
-    per band of new experts (`specgrow.verify.experts.generic`)."""
+    per band of new experts (`specgrow.verify.experts.generic`), and whether the old router's rows may
+    tie (`specgrow.verify.experts.ties_after`)."""
 
-    def __init__(self, before, after, renormalize_before, renormalize_after, generic, bands):
+    def __init__(self, before, after, renormalize_before, renormalize_after, generic, bands, tied=False):
         self.before, self.after, self.generic, self.bands = before, after, generic, bands
+        self.tied = tied  # an earlier step of the stage may have left distinct old experts with one router row
         self.renormalize_before, self.renormalize_after = renormalize_before, renormalize_after
 
 
@@ -268,10 +270,11 @@ def mixture(w, x_new, x_old, eps_new, side, same_logits=True):
     side.append((f"{lemma}: top-k k' - m*k (m = {m} new experts per old one)", after.top_k - m * before.top_k))
     side.append((f"{lemma}: renormalisation unchanged (0 if so)", int(renorm != int(moe.renormalize_before))))
     if m > 1:
-        tied = all_zero(moe.bands[0].get("mlp.router.weight")[1])
-        side.append(("route_copies: the old router is zero (an earlier step of this stage left it so), so every "
-                     "expert ties and the top-k need not take whole experts' copies (0 if not; train between the "
-                     "steps)", int(tied)))
+        tied = (moe.tied or all_zero(collapse(logits_old, Trace(), extra=LEMMAS))) and before.top_k < before.experts
+        side.append(("route_copies: an earlier step of this stage left old router logits that tie for every token "
+                     "(a zero or constant router row shared by distinct experts, tiny random rows, or a zero norm), "
+                     "so the top-k need not take whole experts' copies (0 if not; train between the steps)",
+                     int(tied)))
         side.append((f"route_copies: {TIES}", None))
     if not same_logits or any(value != 0 for _, value in side if value is not None and not isinstance(value, str)):
         return opaque, target  # the lemma does not apply
