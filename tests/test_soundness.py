@@ -4,8 +4,8 @@ The specs. Random specs in the spirit of `tests/test_sequences.py` (random dims 
 norm × activation × position × tied × bias × final norm × eps × QK-norm (none, head, all) × norm
 position (pre, post, sandwich) × a mixture of experts (in about a quarter: 2-3 experts, some dense
 layers, renormalised or not; steps ``experts`` duplicate / split / add and ``upcycle`` with a zero or
-random router, top_k changed when the step is drawn non-preserving, ``mlp`` growth of listed experts;
-no copies after a router left zero, whose ties only training would break) × rope scaling (none, linear, llama3, yarn, dynamic; under RoPE; no
+zero, constant, tiny or random router, top_k changed when the step is drawn non-preserving, ``mlp``
+growth of listed experts, copies after a router that ties every token) × rope scaling (none, linear, llama3, yarn, dynamic; under RoPE; no
 key growth under yarn and dynamic, which the spec refuses, nor under the all-heads QK-norm, which
 the prover leaves UNKNOWN), 1-6 steps of every kind with
 per-layer subsets; about a third of them growth plans, `stages:` with 2-3 stages) whose steps
@@ -242,15 +242,13 @@ def specs(draw):
     shift = norm == "layernorm" and (model["final_norm"] or model["norm_position"] != "pre")
     plan = draw(st.sampled_from([False] * (PLAN_SHARE - 1) + [True]))
     steps = []
-    tied = False  # a router left zero by upcycling ties every expert: copies after it need a unique top-k,
-    # which training would bring between stages but the truth (no training) never does; not drawn after it
     for _ in range(draw(st.integers(2 if plan else 1, 6))):
         moe_now = any(s["experts"] for s in layers)  # then experts steps are drawn as often as the others together
         kinds = ["mlp", "heads", "value", "key", "hidden", "layers", "upcycle"] + ["experts"] * (6 if moe_now else 0)
         kind = draw(st.sampled_from(kinds))
         if kind == "experts":
             moe_layers = [i for i, s in enumerate(layers) if s["experts"]]
-            if not moe_layers or tied:
+            if not moe_layers:
                 continue
             bad = draw(st.integers(0, 99)) < RATE
             chosen = sorted(draw(st.sets(st.sampled_from(moe_layers), min_size=1)))
@@ -294,9 +292,10 @@ def specs(draw):
                 step["layers"] = chosen
             if "moe" not in model and not existing:
                 step["renormalize"] = renormalize
-            router = draw(st.sampled_from(["zeros", {"normal": 0.5}])) if bad or renormalize else "zeros"
+            # a zero, constant or tiny router ties every token: copies after it in the stage are not exact
+            router = draw(st.sampled_from(["zeros", "ones", {"normal": 0.5}, {"normal": 1e-30}])) \
+                if bad or renormalize else "zeros"
             step["init"] = {"router": router}
-            tied = tied or router == "zeros"
             for i in chosen:
                 layers[i].update(experts=experts, top_k=top_k)
             steps.append({kind: step})
