@@ -564,8 +564,9 @@ UPCYCLE_ONES = [{"upcycle": {"experts": 4, "top_k": 2, "init": {"router": "ones"
 
 def test_a_constant_router_left_by_an_upcycle_ties_the_next_duplication():
     """Upcycled with a constant router and renormalised: exact (identical experts), but every expert then
-    ties; duplicating with noise in the same stage changes the function, and is not PROVED. Trained in
-    between (a new stage), the tie is the checkpoint's to avoid and the duplication is PROVED."""
+    ties; duplicating with noise after it changes the function, and is not PROVED, in a later stage of
+    the plan too (training need not break the tie). A spec of its own, on the trained checkpoint, is
+    PROVED: the tie is then that checkpoint's, under the stated assumption."""
     spec = _spec(UPCYCLE_ONES, None)
     certificate = prove_spec(spec)
     assert [s.verdict.name for s in certificate.steps][0] == "PROVED"
@@ -575,7 +576,8 @@ def test_a_constant_router_left_by_an_upcycle_ties_the_next_duplication():
     staged = load_spec_text(spec_text([], **dict(MODEL)).replace(
         "steps: []", "stages:\n  - at_step: 0\n    steps:\n      - upcycle: {experts: 4, top_k: 2, init: {router: ones}}\n"
         "  - at_step: 100\n    steps:\n      - experts: {to: 8, noise: 0.1}\n"))
-    assert prove_spec(staged).verdict.name == "PROVED"
+    assert prove_spec(staged).steps[1].verdict.name != "PROVED"
+    assert prove_spec(_spec(UPCYCLE_ONES[1:], dict(MOE))).verdict.name == "PROVED"
 
 
 @pytest.mark.parametrize("init, ties", [("ones", True), ("zeros", True), ({"normal": 0.02}, False),
@@ -598,3 +600,21 @@ def test_router_ties_reads_the_router_init(init, ties):
     assert seen == ([[0, 1]] * 3 + [[0, 1, 2]] if ties else [[]] * 4)
     edit = next(e for e in plan.steps[0].edits if e.role == ROUTER)
     assert router_ties(edit) is ties
+
+
+@pytest.mark.parametrize("hidden", [{"to": 16, "method": "duplicate", "noise": 0.1},
+                                    {"to": 12, "init": {"read": {"normal": 0.5}}}])
+def test_a_zero_router_stays_tied_through_a_hidden_growth(hidden):
+    """Found by the soundness property (the duplicate case): a zero router, then the hidden size grown. Its
+    rows now differ (cancelling noise, or random new columns) but its logits on the grown stream are still
+    0 for every expert (the noise cancels on the duplicated stream, the new columns read zeros), so the
+    split after it is not PROVED, and the function does change."""
+    steps = [{"upcycle": {"experts": 3, "top_k": 1, "renormalize": False, "init": {"router": "zeros"}}},
+             {"hidden": hidden}, {"experts": {"to": 6, "method": "split"}}]
+    spec = _spec(steps, None, **(dict(norm="layernorm", activation="gelu_tanh") if "noise" in hidden else {}))
+    certificate = prove_spec(spec)
+    assert [s.verdict.name for s in certificate.steps[:2]] == ["PROVED"] * 2
+    assert certificate.steps[2].verdict.name != "PROVED"
+    assert [c.holds for c in _tie_condition(certificate.steps[2])] == [False]
+    before, after, _, _ = grow(spec, torch.float64)
+    assert float((after - before).abs().max()) > 1e-3

@@ -174,14 +174,15 @@ def is_zero(edit, zeros=frozenset()) -> bool:
 
 
 def ties_after(step_plan, tied: frozenset, zeros: frozenset) -> frozenset:
-    """The (router, layer) keys whose rows may be equal for experts of different origin after a step.
+    """The (router, layer) keys whose logits may tie for every token between experts of different origin.
 
     The routing lemma for copies (``route_copies``) needs each token's old top-k to be unique: no tie
     between distinct experts at the k-th place. On a trained router that is an assumption about the
-    checkpoint (stated in the certificate). A router that an earlier step of the stage wrote can make
-    every token tie: a constant or zero row shared by the experts of one band, or tiny random rows.
-    Tracked like `specgrow.verify.prover.zeros_after`: the routers a step writes get their status
-    from their edit (`router_ties`); the others keep theirs.
+    checkpoint (stated in the certificate). A router that an earlier step wrote can make every token
+    tie: a zero or constant row shared by the experts, tiny random rows. Tracked like
+    `specgrow.verify.prover.zeros_after`, but through the stages too: training need not break such a tie
+    (a zero router over identical, renormalised experts gets no gradient). The routers a step writes get
+    their status from their edit (`router_ties`); the others keep theirs.
     """
     written = {(e.role, e.layer) for e in step_plan.edits}
     consumed = {e.source for e in step_plan.edits if e.source is not None}
@@ -190,11 +191,17 @@ def ties_after(step_plan, tied: frozenset, zeros: frozenset) -> frozenset:
 
 
 def router_ties(edit, tied=frozenset(), zeros=frozenset()) -> bool:
-    """True unless every run of router rows carries something of its own expert: a read of the old
-    router's rows (not zero, not tied), or random values or noise drawn per element with std at least
-    `DISTINCT`. Conservative: anything else (constants, a tiny draw, a layout it cannot read) ties."""
+    """Whether a router edit may leave experts of different origin with logits that tie for every token.
+
+    Rows that read the old router's rows (the experts grown from old ones) tie as the old logits do: a
+    growth that keeps the function keeps each expert's logits, and noise or new columns in such rows
+    meet a duplicated or zero-padded stream, where they cancel or read zeros. Fresh rows (a new layer,
+    an upcycled router, added experts) are distinct only when drawn at random, per element, with std at
+    least `DISTINCT`. Conservative: anything else (constants, a tiny draw, a layout it cannot read) ties.
+    """
     if edit.role != ROUTER:
         return False
+    inherited = edit.source is not None and (edit.source in zeros or edit.source in tied)
     env = {sym(n): sp.Integer(v) for n, v in edit.dims}
     bounds, spans = set(), []
     for block in edit.blocks:
@@ -203,28 +210,29 @@ def router_ties(edit, tied=frozenset(), zeros=frozenset()) -> bool:
             return True
         lo, hi = (int(sp.sympify(v).xreplace(env)) for v in (where.start, where.stop))
         bounds |= {lo, hi}
-        spans.append((lo, hi, _own(block, edit, tied, zeros)))
+        spans.append((lo, hi, block))
     bounds = sorted(bounds)
     for lo, hi in zip(bounds, bounds[1:]):
-        covering = [own for a, b, own in spans if a <= lo and hi <= b]
-        if not any(covering):
+        covering = [block for a, b, block in spans if a <= lo and hi <= b]
+        if any(_grown(block) for block in covering):
+            if inherited:
+                return True
+        elif not any(_drawn(block, tied, zeros) for block in covering):
             return True
     return False
 
 
-def _own(block, edit, tied, zeros) -> bool:
-    """Whether a router block gives each expert (row) a value of its own."""
+def _grown(block) -> bool:
+    """A block that gives each row its old expert's row."""
     src = block.source
-    if isinstance(src, Const):
+    return isinstance(src, Old) and len(src.index) == len(block.where) and sp.sympify(src.scale) != 0
+
+
+def _drawn(block, tied, zeros) -> bool:
+    """A block of random values drawn per element, large enough for float32 to tell the rows apart."""
+    src = block.source
+    if not isinstance(src, Random):
         return False
-    if isinstance(src, Random):
-        if src.dist == "like_old" and (src.like in zeros or src.like in tied):
-            return False  # a constant router has std 0: its draws are its mean, one row for all
-        return abs(float(src.param)) >= DISTINCT
-    if not isinstance(src, Old):
-        return False
-    if src.noise is not None and abs(float(src.noise.std)) >= DISTINCT:
-        return True
-    per_expert = len(src.index) == len(block.where)  # not one dense row repeated along the experts axis
-    return per_expert and edit.source is not None and edit.source not in zeros and edit.source not in tied \
-        and sp.sympify(src.scale) != 0
+    if src.dist == "like_old" and (src.like in zeros or src.like in tied):
+        return False  # a zero or constant router has std 0: its draws are its mean, one row for all
+    return abs(float(src.param)) >= DISTINCT

@@ -52,11 +52,11 @@ def _prove_spec(spec) -> Certificate:
     plan = compile_spec(spec)
     steps, invariants, zeros_before = [], [], []
     zeros: frozenset = frozenset()  # tensors earlier steps left exactly zero
-    tied: frozenset = frozenset()  # routers earlier steps left with rows that tie (`experts.ties_after`)
+    tied: frozenset = frozenset()  # routers earlier steps, in any stage, left tied (`experts.ties_after`)
     starts = {stage.start for stage in spec.stages}
     for step_plan, step in zip(plan.steps, spec.steps):
         if step_plan.index in starts:
-            zeros = tied = frozenset()  # training between stages: nothing a stage left zero or tied stays so
+            zeros = frozenset()  # training between stages: nothing a stage left zero stays zero
         zeros_before.append(zeros)
         obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps, zeros, tied)
         zeros, tied = zeros_after(step_plan, zeros), ties_after(step_plan, tied, zeros)

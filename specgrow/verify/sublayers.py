@@ -271,9 +271,10 @@ def mixture(w, x_new, x_old, eps_new, side, same_logits=True):
     side.append((f"{lemma}: renormalisation unchanged (0 if so)", int(renorm != int(moe.renormalize_before))))
     if m > 1:
         tied = (moe.tied or all_zero(collapse(logits_old, Trace(), extra=LEMMAS))) and before.top_k < before.experts
-        side.append(("route_copies: an earlier step of this stage left old router logits that tie for every token "
+        side.append(("route_copies: an earlier step of the spec left old router logits that tie for every token "
                      "(a zero or constant router row shared by distinct experts, tiny random rows, or a zero norm), "
-                     "so the top-k need not take whole experts' copies (0 if not; train between the steps)",
+                     "so the top-k need not take whole experts' copies (0 if not; grow the trained checkpoint with "
+                     "a new spec)",
                      int(tied)))
         side.append((f"route_copies: {TIES}", None))
     if not same_logits or any(value != 0 for _, value in side if value is not None and not isinstance(value, str)):
