@@ -574,7 +574,8 @@ def test_a_constant_router_left_by_an_upcycle_ties_the_next_duplication():
     before, after, _, _ = grow(spec, torch.float64)
     assert float((after - before).abs().max()) > 1e-3
     staged = load_spec_text(spec_text([], **dict(MODEL)).replace(
-        "steps: []", "stages:\n  - at_step: 0\n    steps:\n      - upcycle: {experts: 4, top_k: 2, init: {router: ones}}\n"
+        "steps: []", "stages:\n  - at_step: 0\n    steps:\n"
+        "      - upcycle: {experts: 4, top_k: 2, init: {router: ones}}\n"
         "  - at_step: 100\n    steps:\n      - experts: {to: 8, noise: 0.1}\n"))
     assert prove_spec(staged).steps[1].verdict.name != "PROVED"
     assert prove_spec(_spec(UPCYCLE_ONES[1:], dict(MOE))).verdict.name == "PROVED"

@@ -3,12 +3,12 @@
 The specs. Random specs in the spirit of `tests/test_sequences.py` (random dims up to 16,
 norm × activation × position × tied × bias × final norm × eps × QK-norm (none, head, all) × norm
 position (pre, post, sandwich) × a mixture of experts (in about a quarter: 2-3 experts, some dense
-layers, renormalised or not; steps ``experts`` duplicate / split / add and ``upcycle`` with a zero or
-zero, constant, tiny or random router, top_k changed when the step is drawn non-preserving, ``mlp``
-growth of listed experts, copies after a router that ties every token) × rope scaling (none, linear, llama3, yarn, dynamic; under RoPE; no
-key growth under yarn and dynamic, which the spec refuses, nor under the all-heads QK-norm, which
-the prover leaves UNKNOWN), 1-6 steps of every kind with
-per-layer subsets; about a third of them growth plans, `stages:` with 2-3 stages) whose steps
+layers, renormalised or not; steps ``experts`` duplicate / split / add and ``upcycle`` with a zero,
+constant, tiny or random router, top_k changed when the step is drawn non-preserving, ``mlp`` growth of
+listed experts, copies after a router that ties every token) × rope scaling (none, linear, llama3, yarn,
+dynamic; under RoPE; no key growth under yarn and dynamic, which the spec refuses, nor under the
+all-heads QK-norm, which the prover leaves UNKNOWN), 1-6 steps of every kind with per-layer
+subsets; about a third of them growth plans, `stages:` with 2-3 stages) whose steps
 are, at a rate that makes a good share of specs change the function, given non-preserving
 choices: init overrides for any role of the step, key ``rescale: none`` or ``placement:
 append`` under RoPE, hidden ``rescale: gain | none`` under RMSNorm, a zero-padded hidden under
@@ -292,7 +292,7 @@ def specs(draw):
                 step["layers"] = chosen
             if "moe" not in model and not existing:
                 step["renormalize"] = renormalize
-            # a zero, constant or tiny router ties every token: copies after it in the stage are not exact
+            # a zero, constant or tiny router ties every token: copies after it are not exact
             router = draw(st.sampled_from(["zeros", "ones", {"normal": 0.5}, {"normal": 1e-30}])) \
                 if bad or renormalize else "zeros"
             step["init"] = {"router": router}

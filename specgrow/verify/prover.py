@@ -286,7 +286,7 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
 
 def _moe_layer(step_plan, what, layer, edits, old_layer, per_head, zeros, tied=frozenset()):
     """The `sublayers.MoELayer` of a layer with experts after the step, and its part of a cache key.
-    ``tied``: the routers whose rows an earlier step of the stage may have made equal (`experts.ties_after`)."""
+    ``tied``: the routers whose logits an earlier step may have tied for every token (`experts.ties_after`)."""
     from specgrow.verify.experts import generic
 
     before, after = step_plan.before, step_plan.after

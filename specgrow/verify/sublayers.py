@@ -183,12 +183,12 @@ def mlp(w, x_new, x_old, eps_new, side=None):
 class MoELayer:
     """What the prover knows of a layer that has experts after the step: the layer's shape before
     (None for a new layer) and after, the model's renormalisation before and after, and one `Weights`
-    per band of new experts (`specgrow.verify.experts.generic`), and whether the old router's rows may
-    tie (`specgrow.verify.experts.ties_after`)."""
+    per band of new experts (`specgrow.verify.experts.generic`), and whether the old router's logits may
+    tie for every token (`specgrow.verify.experts.ties_after`)."""
 
     def __init__(self, before, after, renormalize_before, renormalize_after, generic, bands, tied=False):
         self.before, self.after, self.generic, self.bands = before, after, generic, bands
-        self.tied = tied  # an earlier step of the stage may have left distinct old experts with one router row
+        self.tied = tied  # an earlier step may have left distinct old experts' logits tied for every token
         self.renormalize_before, self.renormalize_after = renormalize_before, renormalize_after
 
 
