@@ -553,9 +553,42 @@ def test_duplicating_experts_whose_router_ties_everywhere_is_not_proved(noise):
     step = certificate.steps[3]
     assert step.verdict.name != "PROVED" and [c.holds for c in _tie_condition(step)] == [False]
     assert [s.verdict.name for s in certificate.steps[:3]] == ["PROVED"] * 3
-    if noise == "0.1":  # the change is real: float64, the reference model
+    if noise == "0.1":  # the change is real: float64, the reference model; and the step has its own witness
         before, after, _, _ = grow(spec, torch.float64)
         assert float((after - before).abs().max()) > 1e-3
+        assert step.verdict.name == "REFUTED"
+        _replay(spec, step.counterexample, "layers.0.mlp.router.weight")
+        from specgrow.verify.report import render_markdown
+
+        assert "with one row for every expert in `layers.0.mlp.router.weight`" in render_markdown(certificate)
+    else:  # a change of 1e-30 relative: no witness sees it
+        assert step.verdict.name == "UNKNOWN"
+
+
+def _replay(spec, cx, *routers):
+    """A step's witness reproduced from its own words (dims, seed, scales, zeroed and tied tensors, tokens)
+    with the numpy model it names: each of ``routers`` given one row for every expert, the logits move as
+    it says."""
+    import dataclasses
+
+    from specgrow.shape import ModelShape, tensor_name
+    from specgrow.transforms import compile_steps
+    from specgrow.verify import witness
+
+    assert cx.tied == routers, cx.tied
+    shape = dataclasses.replace(ModelShape.from_spec(spec.model), vocab=cx.dims["vocab"],
+                                positions=cx.dims["positions"])
+    step = compile_steps(spec.steps, shape, spec.seed).steps[cx.step]
+    state = witness.random_state(step.before, cx.seed, cx.norm_gain, cx.bias_scale)
+    state.update({key: np.zeros_like(v) for key, v in state.items() if tensor_name(*key) in cx.zeroed})
+    for key in [key for key in state if tensor_name(*key) in routers]:
+        state[key] = np.repeat(state[key][:1], len(state[key]), axis=0)
+    tokens = np.array([cx.tokens])
+    before = witness.logits(step.before, state, tokens)[0, -1]
+    after = witness.logits(step.after, witness.grow(state, step), tokens)[0, -1]
+    assert before[:4].tolist() == pytest.approx(cx.reference, rel=1e-12)
+    assert after[:4].tolist() == pytest.approx(cx.grown, rel=1e-12)
+    assert float(np.abs(after - before).max()) == pytest.approx(cx.max_abs_diff, rel=1e-9)
 
 
 UPCYCLE_ONES = [{"upcycle": {"experts": 4, "top_k": 2, "init": {"router": "ones"}}},
@@ -570,14 +603,17 @@ def test_a_constant_router_left_by_an_upcycle_ties_the_next_duplication():
     spec = _spec(UPCYCLE_ONES, None)
     certificate = prove_spec(spec)
     assert [s.verdict.name for s in certificate.steps][0] == "PROVED"
-    assert certificate.steps[1].verdict.name != "PROVED"
+    assert certificate.steps[1].verdict.name == "REFUTED"
+    _replay(spec, certificate.steps[1].counterexample, "layers.0.mlp.router.weight", "layers.1.mlp.router.weight")
     before, after, _, _ = grow(spec, torch.float64)
     assert float((after - before).abs().max()) > 1e-3
     staged = load_spec_text(spec_text([], **dict(MODEL)).replace(
         "steps: []", "stages:\n  - at_step: 0\n    steps:\n"
         "      - upcycle: {experts: 4, top_k: 2, init: {router: ones}}\n"
         "  - at_step: 100\n    steps:\n      - experts: {to: 8, noise: 0.1}\n"))
-    assert prove_spec(staged).steps[1].verdict.name != "PROVED"
+    proof = prove_spec(staged)
+    assert proof.steps[1].verdict.name == proof.stages[1].verdict.name == "REFUTED"
+    assert proof.stages[1].counterexample.tied == ("layers.0.mlp.router.weight", "layers.1.mlp.router.weight")
     assert prove_spec(_spec(UPCYCLE_ONES[1:], dict(MOE))).verdict.name == "PROVED"
 
 
@@ -615,7 +651,8 @@ def test_a_zero_router_stays_tied_through_a_hidden_growth(hidden):
     spec = _spec(steps, None, **(dict(norm="layernorm", activation="gelu_tanh") if "noise" in hidden else {}))
     certificate = prove_spec(spec)
     assert [s.verdict.name for s in certificate.steps[:2]] == ["PROVED"] * 2
-    assert certificate.steps[2].verdict.name != "PROVED"
+    assert certificate.steps[2].verdict.name == "REFUTED"
     assert [c.holds for c in _tie_condition(certificate.steps[2])] == [False]
+    _replay(spec, certificate.steps[2].counterexample, "layers.0.mlp.router.weight", "layers.1.mlp.router.weight")
     before, after, _, _ = grow(spec, torch.float64)
     assert float((after - before).abs().max()) > 1e-3

@@ -500,13 +500,35 @@ def zero_tensors(spec, base: ModelShape, start: int, stop: int) -> set[str]:
     return {name for name, t in grown.items() if not bool(t.any())}
 
 
+def tied_routers(spec, base: ModelShape, stop: int) -> set[str]:
+    """The routers whose logits tie for every token (all experts' logits equal, within 1e-9 relative) after
+    ``spec.steps[:stop]`` grow a random float64 model, every stage in turn (training need not break a
+    tie), read off the reference model's router outputs on tokens drawn here."""
+    if stop == 0:
+        return set()
+    plan = compile_steps(spec.steps[:stop], base, spec.seed)
+    grown = grow_state(random_state(plan.before, spec.seed, dtype=torch.float64), plan.concrete(), "cpu")[-1]
+    model = build(plan.after, grown)
+    seen: dict = {}
+    for i, layer in enumerate(model.layers):
+        router = getattr(layer.mlp, "router", None)
+        if router is not None:
+            router.register_forward_hook(lambda module, args, out, i=i: seen.setdefault(i, out))
+    with torch.no_grad():
+        model(truth_tokens(plan.after, spec.seed))
+    return {f"layers.{i}.mlp.router.weight" for i, out in seen.items()
+            if float((out.amax(-1) - out.amin(-1)).max()) <= 1e-9 * max(1.0, float(out.abs().max()))}
+
+
 def replay_witness(spec, example) -> Change:
     """The certificate's counterexample, grown again here in float64 and run through the reference model.
 
     Its dims give the vocabulary and context it used; its ``stage`` or ``step`` says which steps
     it grew alone, from the shape they start from. A step alone starts with the tensors it names
     as ``zeroed`` set to zero; they must be tensors that the steps before it (in its stage) really
-    leave exactly zero. The logits are compared on the tokens it records and on tokens drawn here.
+    leave exactly zero. A router it names as ``tied`` gets one row (its first) for every expert; the
+    steps before it (in any stage) must really tie that router's logits for every token. The logits
+    are compared on the tokens it records and on tokens drawn here.
     """
     base = ModelShape.from_spec(spec.model)
     base = dataclasses.replace(base, vocab=example.dims.get("vocab", base.vocab),
@@ -530,6 +552,11 @@ def replay_witness(spec, example) -> Change:
         zeroed = set(getattr(example, "zeroed", zeros))
         assert zeroed <= zeros, f"the witness zeroes {sorted(zeroed - zeros)}, which earlier steps do not leave zero"
         state = {name: torch.zeros_like(t) if name in zeroed else t for name, t in state.items()}
+    tied = set(getattr(example, "tied", ()))
+    if tied:
+        really = tied_routers(spec, base, start)
+        assert tied <= really, f"the witness ties {sorted(tied - really)}, whose logits earlier steps do not tie"
+        state = {name: t[:1].expand_as(t).clone() if name in tied else t for name, t in state.items()}
     states = grow_state(state, alone.concrete(), "cpu")
     forward, change = Forward(), Change()
     for tokens in (torch.tensor([example.tokens], dtype=torch.long), truth_tokens(alone.before, example.seed)):

@@ -3,7 +3,9 @@
 `step_witness` grows one step alone, from a random model of the shape it starts from, with
 the tensors earlier steps left exactly zero set to zero; `stage_witness` grows one stage of
 a growth plan alone, with nothing zeroed (the model trains between stages, so an earlier
-stage's zeros are gone). Each search is `specgrow.verify.witness.find_witness` (several seeds, norm gains and bias
+stage's zeros are gone). In both, a router whose logits earlier steps tied for every token
+(`specgrow.verify.experts.ties_after`; training need not break such a tie) gets one row for
+all its experts. Each search is `specgrow.verify.witness.find_witness` (several seeds, norm gains and bias
 scales).
 
 The witness is shrunk where that cannot change the steps: the steps are recompiled at the
@@ -23,23 +25,29 @@ from specgrow.verify.witness import find_witness
 SMALL = 4  # vocabulary size and context length tried first
 
 
-def step_witness(spec, plan, index: int, zeros=frozenset()) -> Counterexample | None:
-    """A witness that ``plan.steps[index]`` alone changes the function, ``zeros`` set to zero first."""
+def step_witness(spec, plan, index: int, zeros=frozenset(), tied=frozenset()) -> Counterexample | None:
+    """A witness that ``plan.steps[index]`` alone changes the function, ``zeros`` set to zero first and
+    each router of ``tied`` given one row for all its experts."""
     for steps in _candidates(spec, plan, index, index + 1):
-        found = find_witness(steps, steps[0].before, spec.seed, zeros)
+        found = find_witness(steps, steps[0].before, spec.seed, zeros, tied=tied)
         if found is not None:
-            return dataclasses.replace(found, step=index, zeroed=tuple(sorted(tensor_name(*key) for key in zeros)))
+            return dataclasses.replace(found, step=index, zeroed=_names(zeros), tied=_names(tied))
     return None
 
 
-def stage_witness(spec, plan, stage_number: int) -> Counterexample | None:
-    """A witness that the steps of ``spec.stages[stage_number]`` alone change the function."""
+def stage_witness(spec, plan, stage_number: int, tied=frozenset()) -> Counterexample | None:
+    """A witness that the steps of ``spec.stages[stage_number]`` alone change the function, each router of
+    ``tied`` (earlier stages tied its logits: training need not break that) given one row."""
     stage = spec.stages[stage_number]
     for steps in _candidates(spec, plan, stage.start, stage.stop):
-        found = find_witness(steps, steps[0].before, spec.seed)
+        found = find_witness(steps, steps[0].before, spec.seed, tied=tied)
         if found is not None:
-            return dataclasses.replace(found, stage=stage_number)
+            return dataclasses.replace(found, stage=stage_number, tied=_names(tied))
     return None
+
+
+def _names(keys) -> tuple[str, ...]:
+    return tuple(sorted(tensor_name(*key) for key in keys))
 
 
 def _candidates(spec, plan, start: int, stop: int):

@@ -50,7 +50,7 @@ def prove_spec(spec) -> Certificate:
 def _prove_spec(spec) -> Certificate:
     started = time.perf_counter()
     plan = compile_spec(spec)
-    steps, invariants, zeros_before = [], [], []
+    steps, invariants, zeros_before, ties_before = [], [], [], []
     zeros: frozenset = frozenset()  # tensors earlier steps left exactly zero
     tied: frozenset = frozenset()  # routers earlier steps, in any stage, left tied (`experts.ties_after`)
     starts = {stage.start for stage in spec.stages}
@@ -58,6 +58,7 @@ def _prove_spec(spec) -> Certificate:
         if step_plan.index in starts:
             zeros = frozenset()  # training between stages: nothing a stage left zero stays zero
         zeros_before.append(zeros)
+        ties_before.append(tied)
         obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps, zeros, tied)
         zeros, tied = zeros_after(step_plan, zeros), ties_after(step_plan, tied, zeros)
         mark = spec.step_marks[step_plan.index]
@@ -69,33 +70,36 @@ def _prove_spec(spec) -> Certificate:
         steps.append(StepProof(step_plan.index, step.kind, describe_step(step), mark.line, mark.column,
                                combine(o.verdict for o in obligations), tuple(obligations), **staged))
         invariants.append(invariant)
-    steps = [_witnessed(spec, plan, s, zeros_before[s.index]) for s in steps]
-    stages = stage_proofs(spec, steps, plan)
+    steps = [_witnessed(spec, plan, s, zeros_before[s.index], ties_before[s.index]) for s in steps]
+    stages = stage_proofs(spec, steps, plan, ties_before)
     verdict = combine(s.verdict for s in steps)
     witnesses = [s.counterexample for s in (*steps, *stages) if s.counterexample is not None]
     return Certificate(spec.path, spec.sha256, verdict, tuple(steps), tuple(invariants),
                        witnesses[0] if witnesses else None, _versions(), time.perf_counter() - started, stages)
 
 
-def _witnessed(spec, plan, step: StepProof, zeros) -> StepProof:
+def _witnessed(spec, plan, step: StepProof, zeros, tied=frozenset()) -> StepProof:
     """A step with a nonzero residual keeps REFUTED only with a float64 witness of its own:
     the step alone, from a random model of the shape it starts from (with the tensors that
-    earlier steps of its stage left exactly zero set to zero). Otherwise it is UNKNOWN."""
+    earlier steps of its stage left exactly zero set to zero, and one row for each router whose
+    logits earlier steps tied). Otherwise it is UNKNOWN."""
     if step.verdict is not Verdict.REFUTED:
         return step
     from specgrow.verify.counterexample import step_witness
 
-    witness = step_witness(spec, plan, step.index, zeros)
+    witness = step_witness(spec, plan, step.index, zeros, tied)
     if witness is None:
         return _unconfirmed(step)
     return dataclasses.replace(step, counterexample=witness)
 
 
-def stage_proofs(spec, steps, plan) -> tuple[StageProof, ...]:
+def stage_proofs(spec, steps, plan, ties_before=None) -> tuple[StageProof, ...]:
     """Each stage of a growth plan with the combined verdict of its steps (none for plain specs).
 
     A stage is REFUTED only with a witness of its own (its steps alone, from a random model of
-    the shape it starts from); a stage with a refuted step but no such witness is UNKNOWN.
+    the shape it starts from, each router that earlier stages tied given one row; ``ties_before``:
+    per step, `experts.ties_after` before it); a stage with a refuted step but no such witness is
+    UNKNOWN.
     """
     out = []
     for number, stage in enumerate(spec.stages):
@@ -103,7 +107,7 @@ def stage_proofs(spec, steps, plan) -> tuple[StageProof, ...]:
         if verdict is Verdict.REFUTED:
             from specgrow.verify.counterexample import stage_witness
 
-            witness = stage_witness(spec, plan, number)
+            witness = stage_witness(spec, plan, number, ties_before[stage.start] if ties_before else frozenset())
             verdict = Verdict.REFUTED if witness is not None else Verdict.UNKNOWN
         out.append(StageProof(number, stage.at_step, stage.start, stage.stop, stage.mark.line,
                               stage.mark.column, verdict, witness))

@@ -356,7 +356,9 @@ def _witness_markdown(cert: Certificate, cx: Counterexample) -> list[str]:
     alone = f" (random weights in the shape {label} starts from, grown by that {kind} alone)" if label else ""
     scales = ("" if cx.norm_gain == 1 else f", every norm gain times {cx.norm_gain:g}") \
         + ("" if cx.bias_scale == 1 else f", every bias times {cx.bias_scale:g}") \
-        + ("" if not cx.zeroed else ", with " + ", ".join(map(_code, cx.zeroed)) + " zero (as earlier steps left them)")
+        + ("" if not cx.zeroed else ", with " + ", ".join(map(_code, cx.zeroed)) + " zero (as earlier steps left them)") \
+        + ("" if not cx.tied else ", with one row for every expert in " + ", ".join(map(_code, cx.tied))
+           + " (earlier steps left their logits tied for every token)")
     logits = {name: "[" + ", ".join(f"{v:.12g}" for v in values) + "]"  # digits enough for a 1e-9 change
               for name, values in (("original", cx.reference), ("grown", cx.grown))}
     return [f"## Counterexample: {label}" if label else "## Counterexample", "",

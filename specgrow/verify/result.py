@@ -108,6 +108,7 @@ class Counterexample:
     dtype: str = "float64"  # the precision both models were run in
     step: int | None = None  # the step grown alone from these dims (None: the whole spec, or a stage)
     zeroed: tuple[str, ...] = ()  # tensors set to zero first: earlier steps of the stage left them zero
+    tied: tuple[str, ...] = ()  # routers whose rows were set to their first row: earlier steps tied their logits
 
 
 FLOAT_PROMISE = (

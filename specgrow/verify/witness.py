@@ -284,11 +284,13 @@ def _rope(x: np.ndarray, shape: ModelShape, layer) -> np.ndarray:
 
 # ---------------------------------------------------------------- the search
 def find_witness(steps, before: ModelShape, seed: int, zeros=frozenset(),
-                 tokens_seed: int | None = None) -> Counterexample | None:
+                 tokens_seed: int | None = None, tied=frozenset()) -> Counterexample | None:
     """A random float64 model of shape ``before`` whose logits move when grown by ``steps`` alone.
 
     ``steps`` are `StepPlan`s applied in order (one step, or one stage's steps); ``zeros``
-    are the (role, layer) tensors earlier steps left exactly zero, zeroed before growing.
+    are the (role, layer) tensors earlier steps left exactly zero, zeroed before growing;
+    ``tied`` the routers whose logits earlier steps tied for every token
+    (`specgrow.verify.experts.ties_after`), each given one row (its first) for all experts.
     Tried in turn: biases x1 then x10; norm gains x1, x4, x16; model seeds ``seed`` to
     ``seed + 2``. Tokens come from ``tokens_seed`` (the model seed when None). The first
     model that moves is returned; None when none does.
@@ -300,6 +302,7 @@ def find_witness(steps, before: ModelShape, seed: int, zeros=frozenset(),
             for trial in range(seed, seed + SEEDS):
                 state = random_state(before, trial, gain, bias)
                 state.update({key: np.zeros_like(state[key]) for key in zeros if key in state})
+                state.update({key: np.repeat(state[key][:1], len(state[key]), axis=0) for key in tied if key in state})
                 tokens = random_tokens(before, trial if tokens_seed is None else tokens_seed)
                 with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN is a finding here
                     reference = logits(before, state, tokens)
