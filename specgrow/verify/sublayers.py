@@ -134,6 +134,26 @@ def post_norm(w, prefix, pair, eps_new):
     return norm(w, prefix, pair[0], pair[1], eps_new) if w.has(f"{prefix}.weight") else pair
 
 
+def _finite_heads(x, eps, what, width):
+    """`_finite` for a per-head norm over all heads' columns (n, heads*width): each run of column blocks
+    that makes whole heads (a new head among old ones, say) is checked on its own, since the norm
+    divides each head by its own mean square."""
+    if eps != 0:
+        return
+    collapsed = collapse(x, Trace(), extra=LEMMAS)
+    if not isinstance(collapsed, BlockMatrix) or collapsed.blockshape[0] != 1:
+        return
+    run, span = [], sp.Integer(0)
+    for j in range(collapsed.blockshape[1]):
+        block = collapsed.blocks[0, j]
+        run.append(block)
+        span += block.shape[1]
+        if sp.simplify(span / width).is_integer:
+            if len(run) < collapsed.blockshape[1]:  # the whole matrix is `_finite`'s
+                _finite(run[0] if len(run) == 1 else BlockMatrix([run]), eps, f"{what} (a run of heads)")
+            run, span = [], sp.Integer(0)
+
+
 def qk_norm_whole(w, q, k_, key_new, eps_new):
     """The QK-norm of all heads' queries and keys (n, heads*key): per head (`HeadNorm`) or over
     all heads at once (`RMSNorm`), with the model's one eps; unchanged without a QK-norm."""
@@ -143,6 +163,8 @@ def qk_norm_whole(w, q, k_, key_new, eps_new):
     _finite(q[0], eps_new, "the query norm")
     _finite(k_[0], eps_new, "the key norm")
     if w.shape.qk_norm == "head":
+        _finite_heads(q[0], eps_new, "the query norm", key_new)
+        _finite_heads(k_[0], eps_new, "the key norm", key_new)
         return ((HeadNorm(q[0], gq_new, eps_new, key_new), HeadNorm(q[1], gq_old, EPS, k)),
                 (HeadNorm(k_[0], gk_new, eps_new, key_new), HeadNorm(k_[1], gk_old, EPS, k)))
     return ((RMSNorm(q[0], gq_new, eps_new), RMSNorm(q[1], gq_old, EPS)),
