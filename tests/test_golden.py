@@ -139,6 +139,77 @@ def test_a_zero_layer_under_a_qk_norm_with_eps_0_is_not_proved(qk_norm):
     assert prove(spec).verdict.value != "PROVED"
 
 
+# Found by the soundness property: a new head whose key is drawn at std 1e-30 beside old heads, under a per-head
+# QK-norm with eps 0. Its own mean square underflows to 0 in float32, so apply's numeric check saw NaN.
+TINY_NEW_HEAD = """\
+specgrow: 1
+model:
+  dims: {hidden: 7, mlp: 5, heads: 1, kv_heads: 1, key: 6, value: 3, layers: 2, vocab: 11, positions: 8}
+  norm: rmsnorm
+  norm_eps: 0.0
+  activation: silu
+  position: rope
+  bias: [k]
+  qk_norm: head
+seed: 137
+steps:
+- heads: {add: 1, init: {k: {normal: 1.0e-30}, v: zeros}}
+"""
+
+# Found by the soundness property: under LayerNorm (eps 0, a per-head QK-norm), a new layer of ones (norm biases
+# ones), then a second new layer drawn like_old from it: its matrices are the first one's constant (std 0), its norm
+# biases zero, so its queries read each row of the normed stream, which sums to 0, through constant weights: 0 in
+# the reals and rounding noise in floating point, which the QK-norm turns into 0/0 for some tokens.
+MEAN_FREE_QUERIES = """\
+specgrow: 1
+model:
+  dims: {hidden: 7, mlp: 8, heads: 4, kv_heads: 2, key: 2, value: 2, layers: 2, vocab: 12, positions: 7}
+  norm: layernorm
+  norm_eps: 0.0
+  activation: swiglu
+  position: none
+  tie_embeddings: true
+  bias: [up, gate, v]
+  qk_norm: head
+seed: 168
+steps:
+- layers: {add: 1, at: 2, init: {rest: ones}}
+- layers: {add: 1}
+"""
+
+
+def test_a_new_head_whose_key_underflows_is_not_proved():
+    from specgrow.spec import load_spec_text
+
+    spec = load_spec_text(TINY_NEW_HEAD)
+    before, after, _, _ = grow(spec)  # apply's float32 forward
+    assert bool(torch.isfinite(before).all()) and not bool(torch.isfinite(after).all())
+    certificate = prove(spec)
+    assert certificate.verdict.value == "UNKNOWN"
+    assert "key norm (a run of heads) with eps 0 reads an input scaled by 1e-30" in certificate.steps[0].obligations[0].stuck
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_queries_of_a_mean_free_layernorm_output_under_eps_0_are_not_proved(staged):
+    """In one stage or across two (the constant left by the first stage is kept in mind: training need not
+    change it), the second layer is UNKNOWN; the float64 truth holds NaN."""
+    from specgrow.spec import load_spec_text
+
+    text = MEAN_FREE_QUERIES
+    if staged:
+        text = text.replace("steps:\n- layers: {add: 1, at: 2, init: {rest: ones}}\n- layers: {add: 1}\n",
+                            "stages:\n- at_step: 10\n  steps:\n  - layers: {add: 1, at: 2, init: {rest: ones}}\n"
+                            "- at_step: 20\n  steps:\n  - layers: {add: 1}\n")
+    spec = load_spec_text(text)
+    assert bool(spec.stages) == staged
+    before, after, _, _ = grow(spec, torch.float64)
+    assert not bool(torch.isfinite(after).all())
+    certificate = prove(spec)
+    assert [s.verdict.value for s in certificate.steps] == ["PROVED", "UNKNOWN"]
+    stuck = [o.stuck for o in certificate.steps[1].obligations if o.stuck]
+    assert any("reads a LayerNorm output (mean 0 in every row" in text for text in stuck), stuck
+
+
 SILENT_RELU_UNIT = """\
 specgrow: 1
 model:

@@ -53,14 +53,17 @@ def _prove_spec(spec) -> Certificate:
     steps, invariants, zeros_before, ties_before = [], [], [], []
     zeros: frozenset = frozenset()  # tensors earlier steps left exactly zero
     tied: frozenset = frozenset()  # routers earlier steps, in any stage, left tied (`experts.ties_after`)
+    consts: frozenset = frozenset()  # tensors earlier steps, in any stage, may have left constant
     starts = {stage.start for stage in spec.stages}
     for step_plan, step in zip(plan.steps, spec.steps):
         if step_plan.index in starts:
             zeros = frozenset()  # training between stages: nothing a stage left zero stays zero
         zeros_before.append(zeros)
         ties_before.append(tied)
-        obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps, zeros, tied)
-        zeros, tied = zeros_after(step_plan, zeros), ties_after(step_plan, tied, zeros)
+        obligations, invariant = prove_step(step_plan, step, spec.model.norm_eps, zeros, tied, consts)
+        tied, consts = ties_after(step_plan, tied, zeros), consts_after(step_plan, consts, zeros)
+        zeros = zeros_after(step_plan, zeros)
+        consts |= zeros
         mark = spec.step_marks[step_plan.index]
         from specgrow.planview import describe_step
 
@@ -145,7 +148,29 @@ def zeros_after(step_plan, zeros: frozenset) -> frozenset:
     return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if is_zero(e, zeros)})
 
 
-def prove_step(step_plan, step, eps_value, zeros=frozenset(), tied=frozenset()):
+def consts_after(step_plan, consts: frozenset, zeros: frozenset) -> frozenset:
+    """The tensors that may hold one value throughout after a step: every block of their edit is a constant
+    (`Const`, a draw of scale 0, ``like_old`` of scale 0 or of such a tensor, a copy of such a tensor
+    without noise); the caller adds the zeros. Kept through the stages (training need not change them all), and
+    used only to refuse a proof (`sublayers._finite`: a like_old draw of one may have std 0), never to
+    read a tensor, so over-counting costs an UNKNOWN at most."""
+    written = {(e.role, e.layer) for e in step_plan.edits}
+    consumed = {e.source for e in step_plan.edits if e.source is not None}
+    known = consts | zeros
+    kept = {key for key in consts if key not in written and key not in consumed}
+
+    def constant(edit, block):
+        src = block.source
+        if isinstance(src, Random):
+            return float(src.param) == 0 or (src.dist == "like_old" and src.like in known)
+        if isinstance(src, Old):
+            return src.noise is None and edit.source in known
+        return not isinstance(src, Random)  # Const
+
+    return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if all(constant(e, b) for b in e.blocks)})
+
+
+def prove_step(step_plan, step, eps_value, zeros=frozenset(), tied=frozenset(), consts=frozenset()):
     before, after = step_plan.before, step_plan.after
     by_layer: dict = {}
     for edit in step_plan.edits:
@@ -164,7 +189,7 @@ def prove_step(step_plan, step, eps_value, zeros=frozenset(), tied=frozenset()):
     out = []
     flags = _flags(before)
     globals_ = by_layer.get(None, {})
-    w = S.Weights(before, globals_, None, zeros=zeros)
+    w = S.Weights(before, globals_, None, zeros=zeros, consts=consts)
     if globals_ or kind != "same":  # otherwise embedding and head are untouched: nothing to prove
         out.append(_obligation(step_plan.index, "embedding", (), "embed'(t) = lift(embed(t))",
                                lambda: S.embedding(w, lift, hidden_new), _key("embedding", flags, globals_, kind, _zero_roles(zeros, None))))
@@ -176,7 +201,7 @@ def prove_step(step_plan, step, eps_value, zeros=frozenset(), tied=frozenset()):
         edits = by_layer.get(layer, {})
         if edits and all(e.source is None for e in edits.values()):
             like = _old_index(edits, layer)
-            groups.setdefault(("new", _key("new", flags, edits, _zero_roles(zeros, like))),
+            groups.setdefault(("new", _key("new", flags, edits, _zero_roles(zeros, like), _zero_roles(consts, like))),
                               []).append((layer, edits))
         elif edits and all(e.is_identity() for e in edits.values()):
             continue  # a moved layer: every tensor copied unchanged
@@ -184,14 +209,16 @@ def prove_step(step_plan, step, eps_value, zeros=frozenset(), tied=frozenset()):
             old = before.layers[_old_index(edits, layer)]
             zero_roles = _zero_roles(zeros, _old_index(edits, layer))
             tied_roles = _zero_roles(tied, _old_index(edits, layer))
-            groups.setdefault(("grown", _key("grown", flags, old, edits, kind, eps_value, zero_roles, tied_roles)),
+            const_roles = _zero_roles(consts, _old_index(edits, layer))
+            groups.setdefault(("grown", _key("grown", flags, old, edits, kind, eps_value, zero_roles, tied_roles,
+                                             const_roles)),
                               []).append((layer, edits))
     for (what, _), members in groups.items():
         layer, edits = members[0]
         layers = tuple(m[0] for m in members)
         shape_layer = _old_index(edits, layer)
         out += _layer_obligations(step_plan, what, layers, edits, shape_layer, lift, x, eps_new, eps_old,
-                                  zeros, tied)
+                                  zeros, tied, consts)
     return out, invariant
 
 
@@ -205,12 +232,12 @@ def _old_index(edits, layer):
 
 
 def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_new, eps_old, zeros,
-                       tied=frozenset()):
+                       tied=frozenset(), consts=frozenset()):
     before, after = step_plan.before, step_plan.after
     index = step_plan.index
     per_head = S.is_per_head(edits)
     shape = before
-    w = S.Weights(shape, edits, old_layer, per_head=per_head, zeros=zeros)
+    w = S.Weights(shape, edits, old_layer, per_head=per_head, zeros=zeros, consts=consts)
     moe = []  # (label, MoELayer, cache key) per class of experts
     if after.layers[layers[0]].experts:
         from specgrow.verify.experts import classes
@@ -221,7 +248,8 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
             return [Obligation(index, "mixture of experts", layers, Verdict.UNKNOWN,
                                "moe'(lift(x)) = lift(moe(x))", stuck=str(err))]
         for label, part in cut:
-            layer_moe, moe_key = _moe_layer(step_plan, what, layers[0], part, old_layer, per_head, zeros, tied)
+            layer_moe, moe_key = _moe_layer(step_plan, what, layers[0], part, old_layer, per_head, zeros, tied,
+                                            consts)
             moe.append((label, layer_moe, (moe_key, _key(part), label)))
         w.moe = moe[0][1]
     s_after = after.layers[layers[0]]
@@ -238,7 +266,8 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
             _obligation(index, "mlp (new layer)", layers, "mlp'(x) = 0",
                         lambda: zero(S.mlp(w, x, x, eps_new)), None),
         ]
-    key = _key("layer", _flags(shape), s_before, edits, per_head, _zero_roles(zeros, old_layer))
+    key = _key("layer", _flags(shape), s_before, edits, per_head, _zero_roles(zeros, old_layer),
+               _zero_roles(consts, old_layer))
     results = []
     lifted = lift(x) is not x
     touches = lambda prefix: lifted or any(r.startswith(prefix) for r in edits)  # noqa: E731
@@ -278,7 +307,7 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
                                    ("attn", key, eps_new, str(lift(x)))))
     if touches("mlp") and moe:
         for label, layer_moe, moe_key in moe:
-            part = S.Weights(shape, edits, old_layer, per_head=per_head, zeros=zeros, moe=layer_moe)
+            part = S.Weights(shape, edits, old_layer, per_head=per_head, zeros=zeros, moe=layer_moe, consts=consts)
             results += _moe_obligations(index, layers, part, lift, x, eps_new, eps_old,
                                         (key, moe_key, eps_new, str(lift(x))), label)
     elif touches("mlp"):
@@ -288,7 +317,7 @@ def _layer_obligations(step_plan, what, layers, edits, old_layer, lift, x, eps_n
     return results
 
 
-def _moe_layer(step_plan, what, layer, edits, old_layer, per_head, zeros, tied=frozenset()):
+def _moe_layer(step_plan, what, layer, edits, old_layer, per_head, zeros, tied=frozenset(), consts=frozenset()):
     """The `sublayers.MoELayer` of a layer with experts after the step, and its part of a cache key.
     ``tied``: the routers whose logits an earlier step may have tied for every token (`experts.ties_after`)."""
     from specgrow.verify.experts import generic
@@ -297,7 +326,8 @@ def _moe_layer(step_plan, what, layer, edits, old_layer, per_head, zeros, tied=f
     s_before = before.layers[old_layer] if what == "grown" and before.layers[old_layer].experts else None
     g = generic(edits, s_before.experts if s_before else 0)
     others = {role: e for role, e in edits.items() if role not in EXPERT_ROLES}
-    bands = tuple(S.Weights(before, {**others, **band}, old_layer, per_head=per_head, zeros=zeros) for band in g.bands)
+    bands = tuple(S.Weights(before, {**others, **band}, old_layer, per_head=per_head, zeros=zeros, consts=consts)
+                  for band in g.bands)
     ties = s_before is not None and (ROUTER, old_layer) in tied
     moe = S.MoELayer(s_before, after.layers[layer], before.renormalize, after.renormalize, g, bands, ties)
     return moe, (s_before, after.layers[layer], before.renormalize, after.renormalize, str(g.added), g.upcycled,

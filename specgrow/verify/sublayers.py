@@ -9,7 +9,7 @@ not edit are plain symbols, equal on both sides.
 from __future__ import annotations
 
 import sympy as sp
-from sympy import BlockMatrix, HadamardProduct, MatrixSymbol, OneMatrix, ZeroMatrix
+from sympy import BlockMatrix, HadamardProduct, MatAdd, MatMul, MatrixSymbol, OneMatrix, ZeroMatrix
 
 from specgrow.ir import sym
 from specgrow.transforms.common import SPACE_SIZE
@@ -35,10 +35,11 @@ HEAD_SIZE = {"q": k, "k": k, "v": v, "o": v}
 class Weights:
     """The symbolic weights of one layer (or the global tensors) for one step."""
 
-    def __init__(self, shape, edits, layer, per_head=False, zeros=frozenset(), moe=None):
+    def __init__(self, shape, edits, layer, per_head=False, zeros=frozenset(), moe=None, consts=frozenset()):
         self.shape, self.edits, self.layer, self.per_head = shape, edits, layer, per_head
         self.moe = moe  # a MoE layer after the step: its `MoELayer`
         self.zeros = zeros  # (role, layer) of the old tensors known to be exactly zero
+        self.consts = consts  # (role, layer) of the old tensors that may hold one value throughout
         self.placements = {}
         self.segments = {}
         self.symbolic = {}  # role -> its `Symbolic`, built once for all the obligations of a layer
@@ -88,15 +89,24 @@ class NaNNorm(Exception):
 UNDERFLOW = 1e-19  # a factor whose square is below float32's (and bfloat16's) smallest normal number, 1.2e-38
 
 
-def _finite(x, eps, what):
+def _finite(x, eps, what, consts=frozenset()):
     """``x``, after checking that the grown model's norm ``what`` with ``eps`` is not 0/0: an all-zero input
     is NaN (`NaNNorm`); an input carrying a factor below `UNDERFLOW` squares to zero in float32 and
-    bfloat16, so the bytes written would hold 0/0 where the reals do not (`Stuck`: UNKNOWN)."""
+    bfloat16, so the bytes written would hold 0/0 where the reals do not (`Stuck`: UNKNOWN); so is an
+    input that reads a mean-free LayerNorm output through weights constant along it (`_mean_free`:
+    0 in the reals, rounding noise in floating point, which the norm blows up), ``like_old`` draws
+    of the tensors in ``consts`` (which may hold one value, so their std may be 0) taken at std 0."""
     if eps != 0:
         return x
     collapsed = collapse(x, Trace(), extra=LEMMAS)
     if all_zero(collapsed):
         raise NaNNorm(f"{what} of an all-zero input with eps 0 is 0/0 (NaN), and NaN * 0 is NaN")
+    flat = {sp.Symbol(f"std[{role}@{layer}]", nonnegative=True): 0 for role, layer in consts}
+    if _mean_free(collapse(collapsed.xreplace(flat), Trace(), extra=LEMMAS) if flat else collapsed):
+        raise Stuck(f"{what} with eps 0 reads a LayerNorm output (mean 0 in every row: uniform gain, no bias) "
+                    "through weights that are constant along it (constants, or like_old of a tensor an earlier "
+                    "step left constant): 0 in the real numbers, rounding noise in floating point, which the norm "
+                    "turns into 0/0 or noise of unit size")
     factor = _split_scalar(collapsed)[0]
     if factor.is_number and factor != 0 and abs(float(factor)) < UNDERFLOW:
         raise Stuck(f"{what} with eps 0 reads an input scaled by {float(factor):.3g}: its mean square underflows "
@@ -117,7 +127,7 @@ def gains(w, role):
 
 def norm(w, prefix, x_new, x_old, eps_new):
     g_new, g_old = gains(w, f"{prefix}.weight")
-    x_new = _finite(x_new, eps_new, prefix)
+    x_new = _finite(x_new, eps_new, prefix, w.consts)
     if w.shape.norm == "layernorm":
         b_new, b_old = w.get(f"{prefix}.bias")
         return LayerNorm(x_new, g_new, b_new, eps_new), LayerNorm(x_old, g_old, b_old, EPS)
@@ -134,7 +144,31 @@ def post_norm(w, prefix, pair, eps_new):
     return norm(w, prefix, pair[0], pair[1], eps_new) if w.has(f"{prefix}.weight") else pair
 
 
-def _finite_heads(x, eps, what, width):
+def _uniform(m) -> bool:
+    """A matrix with one value throughout: c * OneMatrix (c a scalar expression)."""
+    if isinstance(m, OneMatrix):
+        return True
+    if isinstance(m, MatMul):
+        coeff, mats = m.as_coeff_matrices()
+        return len(mats) == 1 and isinstance(mats[0], OneMatrix)
+    return isinstance(m, ZeroMatrix)
+
+
+def _mean_free(e) -> bool:
+    """``e`` is a sum of c * LayerNorm(x, g, 0) * M with g and M uniform: each row of the normed x sums to 0,
+    so every entry of ``e`` is 0 in the real numbers."""
+    if isinstance(e, MatAdd):
+        return all(_mean_free(t) for t in e.args)
+    if not isinstance(e, MatMul):
+        return False
+    _, mats = e.as_coeff_matrices()
+    if len(mats) != 2 or not isinstance(mats[0], LayerNorm) or not _uniform(mats[1]):
+        return False
+    _, gain, bias, _ = mats[0].args
+    return _uniform(gain) and all_zero(bias)
+
+
+def _finite_heads(x, eps, what, width, consts=frozenset()):
     """`_finite` for a per-head norm over all heads' columns (n, heads*width): each run of column blocks
     that makes whole heads (a new head among old ones, say) is checked on its own, since the norm
     divides each head by its own mean square."""
@@ -150,7 +184,7 @@ def _finite_heads(x, eps, what, width):
         span += block.shape[1]
         if sp.simplify(span / width).is_integer:
             if len(run) < collapsed.blockshape[1]:  # the whole matrix is `_finite`'s
-                _finite(run[0] if len(run) == 1 else BlockMatrix([run]), eps, f"{what} (a run of heads)")
+                _finite(run[0] if len(run) == 1 else BlockMatrix([run]), eps, f"{what} (a run of heads)", consts)
             run, span = [], sp.Integer(0)
 
 
@@ -160,11 +194,11 @@ def qk_norm_whole(w, q, k_, key_new, eps_new):
     if w.shape.qk_norm == "none":
         return q, k_
     (gq_new, gq_old), (gk_new, gk_old) = (gains(w, role) for role in QK_NORM_GAINS[w.shape.qk_norm])
-    _finite(q[0], eps_new, "the query norm")
-    _finite(k_[0], eps_new, "the key norm")
+    _finite(q[0], eps_new, "the query norm", w.consts)
+    _finite(k_[0], eps_new, "the key norm", w.consts)
     if w.shape.qk_norm == "head":
-        _finite_heads(q[0], eps_new, "the query norm", key_new)
-        _finite_heads(k_[0], eps_new, "the key norm", key_new)
+        _finite_heads(q[0], eps_new, "the query norm", key_new, w.consts)
+        _finite_heads(k_[0], eps_new, "the key norm", key_new, w.consts)
         return ((HeadNorm(q[0], gq_new, eps_new, key_new), HeadNorm(q[1], gq_old, EPS, k)),
                 (HeadNorm(k_[0], gk_new, eps_new, key_new), HeadNorm(k_[1], gk_old, EPS, k)))
     return ((RMSNorm(q[0], gq_new, eps_new), RMSNorm(q[1], gq_old, EPS)),
@@ -179,8 +213,8 @@ def qk_norm_head(w, q, k_, x_new, x_old, eps_new):
         return q, k_
     if w.shape.qk_norm == "head":
         (gq_new, gq_old), (gk_new, gk_old) = (gains(w, role) for role in QK_NORM_GAINS["head"])
-        _finite(q[0], eps_new, "the query norm")
-        _finite(k_[0], eps_new, "the key norm")
+        _finite(q[0], eps_new, "the query norm", w.consts)
+        _finite(k_[0], eps_new, "the key norm", w.consts)
         return ((RMSNorm(q[0], gq_new, eps_new), RMSNorm(q[1], gq_old, EPS)),
                 (RMSNorm(k_[0], gk_new, eps_new), RMSNorm(k_[1], gk_old, EPS)))
     reads = ("attn_norm.", "attn.q.", "attn.k.", *QK_NORM_GAINS["all"])
