@@ -223,6 +223,15 @@ def symbolize(edit, name: str, zeros=frozenset()) -> Symbolic:
     return Symbolic(new, old, tuple(dict.fromkeys(placements)), tuple(segs), located, atoms)
 
 
+def carried(step_plan, known: frozenset, marked) -> frozenset:
+    """A (role, layer) status tracked from step to step (zero, tied, constant): the tensors a step neither
+    writes nor reads keep theirs; each tensor it writes has it when ``marked(edit)``."""
+    written = {(e.role, e.layer) for e in step_plan.edits}
+    consumed = {e.source for e in step_plan.edits if e.source is not None}
+    kept = {key for key in known if key not in written and key not in consumed}
+    return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if marked(e)})
+
+
 def is_zero(edit, zeros=frozenset()) -> bool:
     """True when the prover reads every element of ``edit``'s new tensor as exactly zero.
 

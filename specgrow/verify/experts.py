@@ -184,10 +184,7 @@ def ties_after(step_plan, tied: frozenset, zeros: frozenset) -> frozenset:
     (a zero router over identical, renormalised experts gets no gradient). The routers a step writes get
     their status from their edit (`router_ties`); the others keep theirs.
     """
-    written = {(e.role, e.layer) for e in step_plan.edits}
-    consumed = {e.source for e in step_plan.edits if e.source is not None}
-    kept = {key for key in tied if key not in written and key not in consumed}
-    return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if router_ties(e, tied, zeros)})
+    return build.carried(step_plan, tied, lambda edit: router_ties(edit, tied, zeros))
 
 
 def router_ties(edit, tied=frozenset(), zeros=frozenset()) -> bool:

@@ -22,12 +22,12 @@ import sympy as sp
 from sympy import BlockMatrix, MatAdd, MatMul, MatrixSymbol, ZeroMatrix
 
 from specgrow.collector import paused
-from specgrow.ir import Old, Random
+from specgrow.ir import Const, Old, Random
 from specgrow.shape import EXPERT_ROLES
 from specgrow.transforms import compile_spec
 from specgrow.verify import sublayers as S
 from specgrow.verify.algebra import Trace, collapse, sub
-from specgrow.verify.build import Stuck
+from specgrow.verify.build import Stuck, carried
 from specgrow.verify.experts import ROUTER, is_zero, ties_after
 from specgrow.verify.ops import LEMMAS, HeadNorm, LayerNorm, RMSNorm
 from specgrow.verify.result import (
@@ -96,7 +96,7 @@ def _witnessed(spec, plan, step: StepProof, zeros, tied=frozenset()) -> StepProo
     return dataclasses.replace(step, counterexample=witness)
 
 
-def stage_proofs(spec, steps, plan, ties_before=None) -> tuple[StageProof, ...]:
+def stage_proofs(spec, steps, plan, ties_before) -> tuple[StageProof, ...]:
     """Each stage of a growth plan with the combined verdict of its steps (none for plain specs).
 
     A stage is REFUTED only with a witness of its own (its steps alone, from a random model of
@@ -110,7 +110,7 @@ def stage_proofs(spec, steps, plan, ties_before=None) -> tuple[StageProof, ...]:
         if verdict is Verdict.REFUTED:
             from specgrow.verify.counterexample import stage_witness
 
-            witness = stage_witness(spec, plan, number, ties_before[stage.start] if ties_before else frozenset())
+            witness = stage_witness(spec, plan, number, ties_before[stage.start])
             verdict = Verdict.REFUTED if witness is not None else Verdict.UNKNOWN
         out.append(StageProof(number, stage.at_step, stage.start, stage.stop, stage.mark.line,
                               stage.mark.column, verdict, witness))
@@ -142,10 +142,7 @@ def zeros_after(step_plan, zeros: frozenset) -> frozenset:
     matrix in every cell: one meaning of each block for both. Tensors a step does not touch
     keep their status.
     """
-    written = {(e.role, e.layer) for e in step_plan.edits}
-    consumed = {e.source for e in step_plan.edits if e.source is not None}
-    kept = {key for key in zeros if key not in written and key not in consumed}
-    return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if is_zero(e, zeros)})
+    return carried(step_plan, zeros, lambda edit: is_zero(edit, zeros))
 
 
 def consts_after(step_plan, consts: frozenset, zeros: frozenset) -> frozenset:
@@ -154,10 +151,7 @@ def consts_after(step_plan, consts: frozenset, zeros: frozenset) -> frozenset:
     without noise); the caller adds the zeros. Kept through the stages (training need not change them all), and
     used only to refuse a proof (`sublayers._finite`: a like_old draw of one may have std 0), never to
     read a tensor, so over-counting costs an UNKNOWN at most."""
-    written = {(e.role, e.layer) for e in step_plan.edits}
-    consumed = {e.source for e in step_plan.edits if e.source is not None}
     known = consts | zeros
-    kept = {key for key in consts if key not in written and key not in consumed}
 
     def constant(edit, block):
         src = block.source
@@ -165,9 +159,9 @@ def consts_after(step_plan, consts: frozenset, zeros: frozenset) -> frozenset:
             return float(src.param) == 0 or (src.dist == "like_old" and src.like in known)
         if isinstance(src, Old):
             return src.noise is None and edit.source in known
-        return not isinstance(src, Random)  # Const
+        return isinstance(src, Const)
 
-    return frozenset(kept | {(e.role, e.layer) for e in step_plan.edits if all(constant(e, b) for b in e.blocks)})
+    return carried(step_plan, consts, lambda edit: all(constant(edit, b) for b in edit.blocks))
 
 
 def prove_step(step_plan, step, eps_value, zeros=frozenset(), tied=frozenset(), consts=frozenset()):
@@ -206,12 +200,9 @@ def prove_step(step_plan, step, eps_value, zeros=frozenset(), tied=frozenset(), 
         elif edits and all(e.is_identity() for e in edits.values()):
             continue  # a moved layer: every tensor copied unchanged
         elif edits or kind != "same":
-            old = before.layers[_old_index(edits, layer)]
-            zero_roles = _zero_roles(zeros, _old_index(edits, layer))
-            tied_roles = _zero_roles(tied, _old_index(edits, layer))
-            const_roles = _zero_roles(consts, _old_index(edits, layer))
-            groups.setdefault(("grown", _key("grown", flags, old, edits, kind, eps_value, zero_roles, tied_roles,
-                                             const_roles)),
+            source = _old_index(edits, layer)
+            roles = [_zero_roles(known, source) for known in (zeros, tied, consts)]
+            groups.setdefault(("grown", _key("grown", flags, before.layers[source], edits, kind, eps_value, *roles)),
                               []).append((layer, edits))
     for (what, _), members in groups.items():
         layer, edits = members[0]

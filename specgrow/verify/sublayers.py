@@ -89,16 +89,37 @@ class NaNNorm(Exception):
 UNDERFLOW = 1e-19  # a factor whose square is below float32's (and bfloat16's) smallest normal number, 1.2e-38
 
 
-def _finite(x, eps, what, consts=frozenset()):
+def _finite(x, eps, what, consts=frozenset(), width=None):
     """``x``, after checking that the grown model's norm ``what`` with ``eps`` is not 0/0: an all-zero input
     is NaN (`NaNNorm`); an input carrying a factor below `UNDERFLOW` squares to zero in float32 and
     bfloat16, so the bytes written would hold 0/0 where the reals do not (`Stuck`: UNKNOWN); so is an
     input that reads a mean-free LayerNorm output through weights constant along it (`_mean_free`:
     0 in the reals, rounding noise in floating point, which the norm blows up), ``like_old`` draws
-    of the tensors in ``consts`` (which may hold one value, so their std may be 0) taken at std 0."""
+    of the tensors in ``consts`` (which may hold one value, so their std may be 0) taken at std 0.
+
+    A per-head norm (``width``: one head's columns) divides each head by its own mean square, so each
+    run of column blocks that makes whole heads (a new head among old ones, say) is checked on its own too.
+    """
     if eps != 0:
         return x
     collapsed = collapse(x, Trace(), extra=LEMMAS)
+    _check_finite(collapsed, what, consts)
+    if width is not None and isinstance(collapsed, BlockMatrix) and collapsed.blockshape[0] == 1:
+        run, span = [], sp.Integer(0)
+        for j in range(collapsed.blockshape[1]):
+            block = collapsed.blocks[0, j]
+            run.append(block)
+            span += block.shape[1]
+            if sp.simplify(span / width).is_integer:
+                if len(run) < collapsed.blockshape[1]:  # the whole matrix is checked above
+                    part = run[0] if len(run) == 1 else collapse(BlockMatrix([run]), Trace(), extra=LEMMAS)
+                    _check_finite(part, f"{what} (a run of heads)", consts)
+                run, span = [], sp.Integer(0)
+    return x
+
+
+def _check_finite(collapsed, what, consts):
+    """`_finite`'s checks on one collapsed input."""
     if all_zero(collapsed):
         raise NaNNorm(f"{what} of an all-zero input with eps 0 is 0/0 (NaN), and NaN * 0 is NaN")
     flat = {sp.Symbol(f"std[{role}@{layer}]", nonnegative=True): 0 for role, layer in consts}
@@ -112,7 +133,6 @@ def _finite(x, eps, what, consts=frozenset()):
         raise Stuck(f"{what} with eps 0 reads an input scaled by {float(factor):.3g}: its mean square underflows "
                     "to 0 in float32 and bfloat16, so the weights written would give 0/0 (NaN) where the real "
                     "numbers do not")
-    return x
 
 
 def gains(w, role):
@@ -168,37 +188,16 @@ def _mean_free(e) -> bool:
     return _uniform(gain) and all_zero(bias)
 
 
-def _finite_heads(x, eps, what, width, consts=frozenset()):
-    """`_finite` for a per-head norm over all heads' columns (n, heads*width): each run of column blocks
-    that makes whole heads (a new head among old ones, say) is checked on its own, since the norm
-    divides each head by its own mean square."""
-    if eps != 0:
-        return
-    collapsed = collapse(x, Trace(), extra=LEMMAS)
-    if not isinstance(collapsed, BlockMatrix) or collapsed.blockshape[0] != 1:
-        return
-    run, span = [], sp.Integer(0)
-    for j in range(collapsed.blockshape[1]):
-        block = collapsed.blocks[0, j]
-        run.append(block)
-        span += block.shape[1]
-        if sp.simplify(span / width).is_integer:
-            if len(run) < collapsed.blockshape[1]:  # the whole matrix is `_finite`'s
-                _finite(run[0] if len(run) == 1 else BlockMatrix([run]), eps, f"{what} (a run of heads)", consts)
-            run, span = [], sp.Integer(0)
-
-
 def qk_norm_whole(w, q, k_, key_new, eps_new):
     """The QK-norm of all heads' queries and keys (n, heads*key): per head (`HeadNorm`) or over
     all heads at once (`RMSNorm`), with the model's one eps; unchanged without a QK-norm."""
     if w.shape.qk_norm == "none":
         return q, k_
     (gq_new, gq_old), (gk_new, gk_old) = (gains(w, role) for role in QK_NORM_GAINS[w.shape.qk_norm])
-    _finite(q[0], eps_new, "the query norm", w.consts)
-    _finite(k_[0], eps_new, "the key norm", w.consts)
+    width = key_new if w.shape.qk_norm == "head" else None
+    _finite(q[0], eps_new, "the query norm", w.consts, width)
+    _finite(k_[0], eps_new, "the key norm", w.consts, width)
     if w.shape.qk_norm == "head":
-        _finite_heads(q[0], eps_new, "the query norm", key_new, w.consts)
-        _finite_heads(k_[0], eps_new, "the key norm", key_new, w.consts)
         return ((HeadNorm(q[0], gq_new, eps_new, key_new), HeadNorm(q[1], gq_old, EPS, k)),
                 (HeadNorm(k_[0], gk_new, eps_new, key_new), HeadNorm(k_[1], gk_old, EPS, k)))
     return ((RMSNorm(q[0], gq_new, eps_new), RMSNorm(q[1], gq_old, EPS)),
